@@ -1,0 +1,26 @@
+//! `airlock-protocol`: every byte that crosses a boundary in Airlock is defined here.
+//!
+//! # Layout
+//! - [`message`]: the document protocol between a client and its document's node — hello and
+//!   welcome, execute, outputs, kernel status, interrupt, restart, typed errors.
+//! - [`codec`]: the one binary framing used on QUIC streams and WebSocket binary frames, the JSON
+//!   text form for browsers, and the frame size limits.
+//! - [`token`]: ed25519-signed capability tokens (document, user, role, epoch, expiry).
+//! - [`version`]: protocol version negotiation.
+//!
+//! The crate does no IO, reads no clock and spawns nothing; callers pass `now` in. It depends on
+//! serde, the two encodings and the signature scheme, and nothing else.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod message;
+pub mod token;
+pub mod version;
+
+pub use codec::{CodecError, FrameLimit};
+pub use message::*;
+pub use token::{Claims, Role, TokenError};
+pub use version::{PROTOCOL_VERSION, VersionRange};
+
+/// ALPN protocol id for QUIC connections from clients to nodes.
+pub const ALPN: &[u8] = b"airlock/1";
