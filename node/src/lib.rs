@@ -1,1 +1,175 @@
-//! placeholder
+//! `airlock-node`: the kernel task — one per document.
+//!
+//! # Layout
+//! The folders follow a request's path from the client to the kernel:
+//! - [`quic`] and [`websocket`]: the two client endpoints; they decode frames and hand them on.
+//! - [`session`]: one client connection whatever its transport — hello, token and role checks.
+//! - [`hub`]: the document's single owner of the kernel; fans kernel events out to every session.
+//! - [`kernel`]: the kernel bridge — a real ipykernel over the Jupyter protocol on ZeroMQ IPC,
+//!   and the managed Python environment it runs in.
+//! - [`tls`]: the node's certificate (self-signed with a printed fingerprint, or from files).
+//!
+//! [`start`] assembles them; [`RunningNode::shutdown`] takes them apart again, leaving no
+//! kernel process and no socket file behind.
+#![forbid(unsafe_code)]
+
+pub mod hub;
+pub mod kernel;
+pub mod quic;
+pub mod session;
+pub mod tls;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use airlock_protocol::FrameLimit;
+use ed25519_dalek::VerifyingKey;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::hub::HubHandle;
+use crate::kernel::{KernelBridge, KernelConfig, KernelError};
+use crate::session::Gate;
+use crate::tls::{NodeCertificate, TlsError, TlsSource};
+
+/// Everything a node needs, read once by the binary and passed down.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The document this node serves; tokens for any other are refused.
+    pub document: String,
+    /// The allocation epoch; tokens of an older epoch are refused.
+    pub epoch: u64,
+    /// The key capability tokens must be signed with.
+    pub token_key: VerifyingKey,
+    /// Where to listen for QUIC (UDP); `None` disables QUIC.
+    pub quic_listen: Option<SocketAddr>,
+    /// Where to listen for WebSocket (TCP); `None` disables WebSocket.
+    pub ws_listen: Option<SocketAddr>,
+    pub tls: TlsSource,
+    pub kernel: KernelConfig,
+    pub frame_limit: FrameLimit,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("document id {0:?} is not valid: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
+    BadDocumentId(String),
+    #[error("enable at least one of QUIC and WebSocket")]
+    NoEndpoint,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("could not listen for {what} on {addr}: {source}; pick a free address or port")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// Whether `id` is a document id this node accepts.
+pub fn valid_document_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A node that is serving its document.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub quic_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    /// SHA-256 of the QUIC certificate, for clients to pin.
+    pub fingerprint: String,
+    /// The kernel's process id when the node started.
+    pub kernel_pid: Option<u32>,
+    hub: HubHandle,
+    quic: Option<quinn::Endpoint>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the kernel and the endpoints.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    if !valid_document_id(&config.document) {
+        return Err(NodeError::BadDocumentId(config.document));
+    }
+    if config.quic_listen.is_none() && config.ws_listen.is_none() {
+        return Err(NodeError::NoEndpoint);
+    }
+    let certificate = NodeCertificate::load(&config.tls)?;
+    let quic = config
+        .quic_listen
+        .map(|addr| quic::bind(addr, &certificate))
+        .transpose()?;
+    let ws = match config.ws_listen {
+        Some(addr) => Some(websocket::bind(addr).await?),
+        None => None,
+    };
+    let (kernel, events) = KernelBridge::start(config.kernel.clone()).await?;
+    let kernel_pid = kernel.pid();
+    let hub = hub::spawn(kernel, events);
+    let gate = Arc::new(Gate {
+        document: config.document.clone(),
+        epoch: config.epoch,
+        token_key: config.token_key,
+    });
+    let mut tasks = Vec::new();
+    let quic_addr = match &quic {
+        Some(endpoint) => {
+            let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+                what: "QUIC",
+                addr: config.quic_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                source,
+            })?;
+            let serve = quic::serve(endpoint.clone(), Arc::clone(&gate), hub.clone(), config.frame_limit);
+            tasks.push(tokio::spawn(serve));
+            Some(addr)
+        }
+        None => None,
+    };
+    let ws_addr = match ws {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+                what: "WebSocket",
+                addr: config.ws_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                source,
+            })?;
+            let serve = websocket::serve(listener, Arc::clone(&gate), hub.clone(), config.frame_limit);
+            tasks.push(tokio::spawn(serve));
+            Some(addr)
+        }
+        None => None,
+    };
+    info!(document = %config.document, ?quic_addr, ?ws_addr, fingerprint = %certificate.fingerprint, "node serving");
+    Ok(RunningNode {
+        quic_addr,
+        ws_addr,
+        fingerprint: certificate.fingerprint,
+        kernel_pid,
+        hub,
+        quic,
+        tasks,
+    })
+}
+
+impl RunningNode {
+    /// Stops accepting, closes every client connection, and shuts the kernel down.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(endpoint) = &self.quic {
+            endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
+        }
+        // Closing the hub closes every session's event stream, which closes its connection.
+        self.hub.shutdown().await;
+        if let Some(endpoint) = self.quic {
+            endpoint.wait_idle().await;
+        }
+    }
+}

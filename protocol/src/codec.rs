@@ -6,7 +6,8 @@
 //! WebSocket text messages instead, each one JSON object of the same shape.
 //!
 //! Every decoder checks the size before it allocates: a length header over the limit is refused
-//! at once, without waiting for the payload. The decoders are sans-IO (bytes in, message out) so
+//! at once, without waiting for the payload. Both forms refuse nesting deeper than
+//! [`MAX_NESTING`], so hostile input cannot exhaust the stack. The decoders are sans-IO (bytes in, message out) so
 //! the fuzz targets and property tests drive them directly.
 
 use serde::Serialize;
@@ -22,6 +23,12 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 
 /// Bytes in the length header.
 pub const HEADER_LEN: usize = 4;
+
+/// How deep arrays and maps may nest in a message, counting the message's own map. Decoding
+/// recurses once per level, so hostile nesting would otherwise overflow the stack: rmp-serde's
+/// own limit (1024 levels) overflows a 2 MiB thread stack in debug builds. This is serde_json's
+/// fixed limit for the JSON form, so both forms accept the same messages.
+pub const MAX_NESTING: usize = 127;
 
 /// Why bytes did not become a message.
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +105,21 @@ pub fn encode_frame<M: Serialize>(msg: &M, limit: FrameLimit) -> Result<Vec<u8>,
     Ok(buf)
 }
 
-/// Decodes a payload (the bytes after the header).
+/// Decodes a payload (the bytes after the header). The payload must hold exactly one message:
+/// bytes left over after it are refused, as the JSON form refuses trailing characters.
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, CodecError> {
-    rmp_serde::from_slice(payload).map_err(CodecError::Decode)
+    let mut de = rmp_serde::Deserializer::new(payload);
+    // rmp-serde refuses when its depth counter reaches zero, so a limit of n admits n - 1 levels.
+    de.set_max_depth(MAX_NESTING + 1);
+    let msg = M::deserialize(&mut de).map_err(CodecError::Decode)?;
+    let unread = de.get_ref().len();
+    if unread != 0 {
+        return Err(CodecError::LengthMismatch {
+            declared: payload.len(),
+            actual: payload.len() - unread,
+        });
+    }
+    Ok(msg)
 }
 
 /// Decodes the first frame in `buf`, if all of it has arrived. Returns the message and how many
@@ -178,7 +197,11 @@ mod tests {
         assert_eq!(used + rest, bytes.len());
         // Any strict prefix asks for more bytes.
         for cut in 0..used {
-            assert!(decode_frame::<ClientMessage>(&bytes[..cut], limit).unwrap().is_none());
+            assert!(
+                decode_frame::<ClientMessage>(&bytes[..cut], limit)
+                    .unwrap()
+                    .is_none()
+            );
         }
     }
 
@@ -187,10 +210,19 @@ mod tests {
         let limit = FrameLimit::new(1024);
         let header = 1025u32.to_be_bytes();
         let err = decode_frame::<ClientMessage>(&header, limit).unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { len: 1025, max: 1024 }));
+        assert!(matches!(
+            err,
+            CodecError::TooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ));
         assert_eq!(err.code(), ErrorCode::FrameTooLarge);
         let big = execute(&"x".repeat(2000));
-        assert!(matches!(encode_frame(&big, limit), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&big, limit),
+            Err(CodecError::TooLarge { .. })
+        ));
         assert!(matches!(
             decode_json::<ClientMessage>(&"{".repeat(2000), limit),
             Err(CodecError::TooLarge { .. })
@@ -201,7 +233,10 @@ mod tests {
     fn whole_frame_must_match_its_header() {
         let limit = FrameLimit::default();
         let mut bytes = encode_frame(&execute("1"), limit).unwrap();
-        assert_eq!(decode_whole_frame::<ClientMessage>(&bytes, limit).unwrap(), execute("1"));
+        assert_eq!(
+            decode_whole_frame::<ClientMessage>(&bytes, limit).unwrap(),
+            execute("1")
+        );
         bytes.push(0);
         assert!(matches!(
             decode_whole_frame::<ClientMessage>(&bytes, limit),

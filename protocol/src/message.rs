@@ -215,7 +215,9 @@ pub enum KernelStatus {
     Busy,
     Restarting,
     /// The kernel is gone; `cause` says why. A restart brings a fresh one.
-    Dead { cause: DeathCause },
+    Dead {
+        cause: DeathCause,
+    },
 }
 
 impl KernelStatus {
@@ -269,7 +271,11 @@ impl std::fmt::Display for DeathCause {
             DeathCause::Signaled { name, .. } => write!(f, "kernel was killed by {name}"),
             DeathCause::OutOfMemory {
                 limit_bytes: Some(limit),
-            } => write!(f, "kernel died: out of memory (limit {})", human_bytes(*limit)),
+            } => write!(
+                f,
+                "kernel died: out of memory (limit {})",
+                human_bytes(*limit)
+            ),
             DeathCause::OutOfMemory { limit_bytes: None } => {
                 write!(f, "kernel died: out of memory")
             }
@@ -287,7 +293,7 @@ fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n;
     let mut unit = 0;
-    while value >= 1024 && value % 1024 == 0 && unit + 1 < UNITS.len() {
+    while value >= 1024 && value.is_multiple_of(1024) && unit + 1 < UNITS.len() {
         value /= 1024;
         unit += 1;
     }
@@ -363,6 +369,40 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The QUIC application error code a node closes a connection with after this error. Zero
+    /// is a clean close; codes never change meaning.
+    pub fn quic_code(self) -> u32 {
+        match self {
+            ErrorCode::BadFrame => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::VersionUnsupported => 3,
+            ErrorCode::HelloExpected => 4,
+            ErrorCode::TokenInvalid => 5,
+            ErrorCode::TokenExpired => 6,
+            ErrorCode::WrongDocument => 7,
+            ErrorCode::StaleEpoch => 8,
+            ErrorCode::Forbidden => 9,
+            ErrorCode::KernelUnavailable => 10,
+            ErrorCode::Busy => 11,
+            ErrorCode::UnknownMessage => 12,
+            ErrorCode::Internal => 13,
+            ErrorCode::Unknown => 14,
+        }
+    }
+
+    /// The WebSocket close code (RFC 6455 §7.4) a node closes with after this error.
+    pub fn websocket_close_code(self) -> u16 {
+        match self {
+            ErrorCode::FrameTooLarge => 1009,
+            ErrorCode::BadFrame | ErrorCode::HelloExpected | ErrorCode::UnknownMessage => 1002,
+            ErrorCode::Internal => 1011,
+            ErrorCode::Busy => 1013,
+            _ => 1008,
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -381,7 +421,11 @@ impl ErrorReply {
     }
 
     /// An error that answers one request; the connection stays open.
-    pub fn for_request(code: ErrorCode, client_ref: Option<u64>, message: impl Into<String>) -> Self {
+    pub fn for_request(
+        code: ErrorCode,
+        client_ref: Option<u64>,
+        message: impl Into<String>,
+    ) -> Self {
         ErrorReply {
             code,
             message: message.into(),

@@ -42,7 +42,9 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "editor" => Ok(Role::Editor),
             "owner" => Ok(Role::Owner),
-            other => Err(format!("unknown role {other:?}: use owner, editor or viewer")),
+            other => Err(format!(
+                "unknown role {other:?}: use owner, editor or viewer"
+            )),
         }
     }
 }
@@ -232,11 +234,13 @@ mod tests {
         let key = SigningKey::generate(&mut OsRng);
         let token = sign(&claims(1_000), &key);
         let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = B64.encode(serde_json::to_vec(&Claims {
-            role: Role::Owner,
-            ..claims(1_000)
-        })
-        .unwrap());
+        let forged = B64.encode(
+            serde_json::to_vec(&Claims {
+                role: Role::Owner,
+                ..claims(1_000)
+            })
+            .unwrap(),
+        );
         parts[1] = &forged;
         assert_eq!(
             verify(&parts.join("."), &key.verifying_key(), 0),
@@ -249,8 +253,14 @@ mod tests {
         let key = SigningKey::generate(&mut OsRng);
         let private = signing_key_to_pem(&key).unwrap();
         let public = verifying_key_to_pem(&key.verifying_key()).unwrap();
-        assert_eq!(signing_key_from_pem(&private).unwrap().to_bytes(), key.to_bytes());
-        assert_eq!(verifying_key_from_pem(&public).unwrap(), key.verifying_key());
+        assert_eq!(
+            signing_key_from_pem(&private).unwrap().to_bytes(),
+            key.to_bytes()
+        );
+        assert_eq!(
+            verifying_key_from_pem(&public).unwrap(),
+            key.verifying_key()
+        );
         assert!(verifying_key_from_pem(&private).is_err());
     }
 
@@ -258,9 +268,15 @@ mod tests {
     fn garbage_is_malformed_not_a_panic() {
         let key = SigningKey::generate(&mut OsRng).verifying_key();
         for junk in ["", "v1.", "v1..", "v2.abc.def", "v1.@@@.@@@", "v1.YQ.YQ"] {
-            assert!(matches!(verify(junk, &key, 0), Err(TokenError::Malformed(_))), "{junk}");
+            assert!(
+                matches!(verify(junk, &key, 0), Err(TokenError::Malformed(_))),
+                "{junk}"
+            );
         }
         let long = "v1.".to_string() + &"a".repeat(MAX_TOKEN_LEN);
-        assert!(matches!(verify(&long, &key, 0), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            verify(&long, &key, 0),
+            Err(TokenError::Malformed(_))
+        ));
     }
 }

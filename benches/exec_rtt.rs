@@ -1,0 +1,741 @@
+//! Execute round trip of `x = 1`, from sending the execute to receiving the run's `Done`:
+//! Airlock over QUIC, WebSocket binary frames and the WebSocket JSON text form against a real
+//! `airlock node` process; the same kernel driven in-process through `KernelBridge` (direct
+//! ZeroMQ, the floor DESIGN.md §8 measures against); and plain Jupyter (direct ZeroMQ from Python
+//! `jupyter_client`, and Kernel Gateway's WebSocket) from `shared/peers/jupyter_peer_bench.py`,
+//! all in the same run. Also the node's resident memory beside its kernel's.
+//!
+//! Run with `cargo bench --bench exec_rtt`. It prints a table, then the same figures as one JSON
+//! object on the last line. Progress goes to stderr. `AIRLOCK_PYTHON` picks the kernels'
+//! interpreter instead of Airlock's managed environment.
+//!
+//! This is a benchmark, not a test: under `cargo test --benches` it does nothing.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use airlock_client::{Client, Target, Trust};
+use airlock_node::kernel::python_env::{self, Progress, PythonSource};
+use airlock_node::kernel::{KernelBridge, KernelConfig, KernelEvent};
+use airlock_protocol::token::{self, Claims};
+use airlock_protocol::{Role, RunId, RunStatus};
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The code every round trip runs.
+const CODE: &str = "x = 1";
+/// Timed round trips per transport.
+const N: usize = 500;
+/// Untimed round trips before them.
+const WARMUP: usize = 50;
+/// DESIGN.md §8: QUIC and WebSocket p50 within this of direct ZeroMQ.
+const TARGET_ADDED_MS: f64 = 0.3;
+/// DESIGN.md §8: the node's resident memory beside its kernel.
+const TARGET_NODE_RSS_MB: f64 = 15.0;
+/// The document the node serves.
+const DOC: &str = "bench";
+/// Longest wait for one round trip before the benchmark gives up.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the node to start serving (the kernel starts first).
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for the node to exit after SIGTERM.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for the peer script (it starts five kernels and a Kernel Gateway).
+const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many of the node's last stderr lines an error shows.
+const NODE_LOG_TAIL: usize = 40;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and gets a no-op.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        eprintln!("exec_rtt is a benchmark: run it with `cargo bench --bench exec_rtt`");
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,airlock_node::kernel::python_env=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // The same runtime shape as the `airlock` binary, so the in-process floor and the node
+    // process schedule alike.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let python = kernel_python().await?;
+    progress(&format!("kernels run on {}", python.display()));
+    let scratch = tempfile::tempdir().context("making a scratch folder")?;
+
+    let node = node_rtts(&python, scratch.path()).await?;
+    progress("direct ZeroMQ: KernelBridge in-process");
+    let direct = direct_rtts(&python, scratch.path()).await?;
+    let peer = peer().await;
+
+    let report = Report {
+        python,
+        node,
+        direct,
+        peer,
+    };
+    report.print_table();
+    println!("{}", report.json());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing
+
+/// Round-trip times of one way of running code, in the order they were taken.
+struct Sample(Vec<Duration>);
+
+impl Sample {
+    /// The `p`th percentile in ms, picked the way the peer script picks it (nearest rank below).
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0 * sorted.len() as f64) as usize).min(sorted.len().saturating_sub(1));
+        sorted
+            .get(rank)
+            .map_or(f64::NAN, |time| time.as_secs_f64() * 1e3)
+    }
+
+    fn p50(&self) -> f64 {
+        self.percentile_ms(50.0)
+    }
+
+    fn p99(&self) -> f64 {
+        self.percentile_ms(99.0)
+    }
+}
+
+/// Runs `once` WARMUP times untimed, then N times timed; `once` gets the iteration's number.
+async fn sample(
+    what: &str,
+    mut once: impl AsyncFnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Sample> {
+    progress(&format!("{what}: {WARMUP} warm-up runs, then {N} timed"));
+    let mut times = Vec::with_capacity(N);
+    for i in 0..(WARMUP + N) {
+        let start = Instant::now();
+        tokio::time::timeout(RUN_TIMEOUT, once(i as u64))
+            .await
+            .map_err(|_| anyhow!("{what}: run {i} got no Done within {RUN_TIMEOUT:?}"))?
+            .with_context(|| format!("{what}: run {i}"))?;
+        let elapsed = start.elapsed();
+        if i >= WARMUP {
+            times.push(elapsed);
+        }
+    }
+    Ok(Sample(times))
+}
+
+fn check_status(status: RunStatus) -> anyhow::Result<()> {
+    match status {
+        RunStatus::Ok => Ok(()),
+        other => bail!("`{CODE}` ended {other:?}, not Ok"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Airlock: a real node process, reached over QUIC and WebSocket
+
+struct NodeFigures {
+    quic: Sample,
+    ws_binary: Sample,
+    ws_json: Sample,
+    memory: Memory,
+}
+
+struct Memory {
+    node_rss_mb: f64,
+    node_peak_mb: f64,
+    kernel_rss_mb: Option<f64>,
+    kernel_pid: Option<u32>,
+}
+
+/// The node's last stderr lines, for errors.
+type LogTail = Arc<Mutex<VecDeque<String>>>;
+
+async fn node_rtts(python: &Path, scratch: &Path) -> anyhow::Result<NodeFigures> {
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem_path = scratch.join("token-verifying.pem");
+    let pem = token::verifying_key_to_pem(&signing.verifying_key())?;
+    std::fs::write(&pem_path, pem).with_context(|| format!("writing {}", pem_path.display()))?;
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+    let token = token::sign(
+        &Claims {
+            doc: DOC.into(),
+            user: "bench".into(),
+            role: Role::Editor,
+            epoch: 0,
+            exp,
+        },
+        &signing,
+    );
+
+    let connect_file = scratch.join("node.json");
+    progress("starting `airlock node`");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .arg("node")
+        .args(["--doc", DOC])
+        .arg("--token-public-key")
+        .arg(&pem_path)
+        .args(["--quic", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
+        .arg("--connect-file")
+        .arg(&connect_file)
+        .arg("--python")
+        .arg(python)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `airlock node`")?;
+    let log: LogTail = Arc::default();
+    let measured = match wait_until_serving(&mut child, &log).await {
+        Ok(()) => measure_node(&child, &connect_file, &token).await,
+        Err(err) => Err(err),
+    };
+    let stopped = stop_node(child).await;
+    let tail = log
+        .lock()
+        .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    let figures = measured.with_context(|| format!("the node's last words:\n{tail}"))?;
+    stopped.with_context(|| format!("the node's last words:\n{tail}"))?;
+    Ok(figures)
+}
+
+/// Reads the node's stderr until it says it is serving, then keeps draining it in the
+/// background (a full pipe would stall the node) into `log`.
+async fn wait_until_serving(child: &mut Child, log: &LogTail) -> anyhow::Result<()> {
+    let stderr = child
+        .stderr
+        .take()
+        .context("the node's stderr was not piped")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let remember = |log: &LogTail, line: String| {
+        if let Ok(mut tail) = log.lock() {
+            if tail.len() == NODE_LOG_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    };
+    let serving = tokio::time::timeout(NODE_START_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            let ready = line.contains("press Ctrl-C");
+            remember(log, line);
+            if ready {
+                return Ok(true);
+            }
+        }
+        Ok::<_, std::io::Error>(false)
+    })
+    .await
+    .map_err(|_| anyhow!("the node did not start serving within {NODE_START_TIMEOUT:?}"))?
+    .context("reading the node's stderr")?;
+    if !serving {
+        let status = child.wait().await?;
+        bail!("the node exited ({status}) before serving");
+    }
+    let log = Arc::clone(log);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            remember(&log, line);
+        }
+    });
+    Ok(())
+}
+
+async fn measure_node(
+    child: &Child,
+    connect_file: &Path,
+    token: &str,
+) -> anyhow::Result<NodeFigures> {
+    let info: Value = serde_json::from_slice(
+        &std::fs::read(connect_file)
+            .with_context(|| format!("reading the connect file {}", connect_file.display()))?,
+    )
+    .context("the connect file is not JSON")?;
+    let field = |name: &str| {
+        info.get(name)
+            .and_then(Value::as_str)
+            .with_context(|| format!("the connect file has no {name:?}: {info}"))
+    };
+    let quic_addr: SocketAddr = field("quic")?.parse().context("the connect file's quic")?;
+    let targets = [
+        (
+            "Airlock, QUIC",
+            Target::Quic {
+                addr: quic_addr,
+                server_name: "localhost".into(),
+                trust: Trust::Fingerprint(field("fingerprint")?.to_owned()),
+            },
+        ),
+        (
+            "Airlock, WebSocket (binary)",
+            Target::WebSocket {
+                url: field("websocket")?.to_owned(),
+                json: false,
+            },
+        ),
+        (
+            "Airlock, WebSocket (JSON)",
+            Target::WebSocket {
+                url: field("websocket")?.to_owned(),
+                json: true,
+            },
+        ),
+    ];
+    let mut samples = Vec::new();
+    for (what, target) in &targets {
+        let mut client = Client::connect(target, token)
+            .await
+            .with_context(|| format!("{what}: connecting"))?;
+        let times = sample(what, async |_| {
+            let report = client.run(CODE, |_| {}).await?;
+            check_status(report.done.status)
+        })
+        .await?;
+        client.close().await;
+        samples.push(times);
+    }
+    let [quic, ws_binary, ws_json]: [Sample; 3] = samples
+        .try_into()
+        .map_err(|_| anyhow!("expected three samples"))?;
+
+    let node_pid = child.id().context("the node has no pid")?;
+    let (node_rss_mb, node_peak_mb) =
+        rss_mb(node_pid).with_context(|| format!("reading /proc/{node_pid}/status of the node"))?;
+    let kernel_pid = kernel_of(node_pid);
+    let kernel_rss_mb = kernel_pid
+        .and_then(|pid| rss_mb(pid).ok())
+        .map(|(rss, _)| rss);
+    Ok(NodeFigures {
+        quic,
+        ws_binary,
+        ws_json,
+        memory: Memory {
+            node_rss_mb,
+            node_peak_mb,
+            kernel_rss_mb,
+            kernel_pid,
+        },
+    })
+}
+
+/// SIGTERM, then waits for a clean exit.
+async fn stop_node(mut child: Child) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(pid) = child.id() else {
+        // Already reaped.
+        return Ok(());
+    };
+    progress("stopping the node (SIGTERM)");
+    kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM)
+        .context("sending SIGTERM to the node")?;
+    match tokio::time::timeout(NODE_STOP_TIMEOUT, child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if !status.success() {
+                bail!("the node exited with {status} after SIGTERM");
+            }
+            Ok(())
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!("the node did not exit within {NODE_STOP_TIMEOUT:?} of SIGTERM; killed it")
+        }
+    }
+}
+
+/// VmRSS and VmHWM of a process, in MB (2^20 bytes, as the peer script counts).
+fn rss_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        let kb: f64 = line
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}{line}"))?;
+        Ok(kb / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The node's kernel: its child process running `ipykernel_launcher`.
+fn kernel_of(node_pid: u32) -> Option<u32> {
+    children_of(node_pid).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("ipykernel_launcher"))
+            .unwrap_or(false)
+    })
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    // Every thread lists the children it forked.
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                children.extend(
+                    list.split_whitespace()
+                        .filter_map(|pid| pid.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    if !children.is_empty() {
+        return children;
+    }
+    // Kernels built without /proc/*/task/*/children: scan every process's parent.
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor: the same kind of kernel, driven in-process through KernelBridge
+
+async fn direct_rtts(python: &Path, scratch: &Path) -> anyhow::Result<Sample> {
+    let runtime_dir = scratch.join("direct");
+    std::fs::create_dir_all(&runtime_dir)
+        .with_context(|| format!("making {}", runtime_dir.display()))?;
+    let (bridge, mut events) =
+        KernelBridge::start(KernelConfig::new(python.to_owned(), runtime_dir))
+            .await
+            .context("starting a kernel through KernelBridge")?;
+    let measured = sample("direct ZeroMQ, Rust", async |i| {
+        let run = RunId(i + 1);
+        bridge.execute(run, CODE, true)?;
+        loop {
+            match events.recv().await {
+                Some(KernelEvent::Done {
+                    run: done, status, ..
+                }) if done == run => return check_status(status),
+                Some(_) => {}
+                None => bail!("the kernel bridge closed its event stream"),
+            }
+        }
+    })
+    .await;
+    bridge.shutdown().await;
+    measured
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers: plain Jupyter on this machine, in this run
+
+/// The peer script's figures, or why there are none.
+type PeerFigures = Result<Value, String>;
+
+async fn peer() -> PeerFigures {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = manifest.join("../shared/peers/jupyter_peer_bench.py");
+    if !script.is_file() {
+        return Err(format!("{} is missing", script.display()));
+    }
+    progress("peer: preparing its Python environment (scripts/peer-venv.sh)");
+    let venv = manifest.join("target").join("peer-venv");
+    let made = Command::new("bash")
+        .arg(manifest.join("scripts").join("peer-venv.sh"))
+        .arg(&venv)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .map_err(|err| format!("could not run scripts/peer-venv.sh: {err}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "scripts/peer-venv.sh failed ({}); see its output above",
+            made.status
+        ));
+    }
+    let interpreter = String::from_utf8_lossy(&made.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(PathBuf::from)
+        .ok_or("scripts/peer-venv.sh printed no interpreter")?;
+    // The script answers relative to the repository root.
+    let interpreter = manifest.join(interpreter);
+
+    progress("peer: running shared/peers/jupyter_peer_bench.py (a minute or so)");
+    let run = Command::new(&interpreter)
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(PEER_TIMEOUT, run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(err)) => return Err(format!("could not run {}: {err}", interpreter.display())),
+        Err(_) => return Err(format!("the peer script took longer than {PEER_TIMEOUT:?}")),
+    };
+    if !output.status.success() {
+        return Err(format!(
+            "the peer script failed ({}); see its output above",
+            output.status
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|err| {
+        format!(
+            "the peer script's output is not JSON ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// `peer[a][b]` as a number.
+fn peer_number(peer: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(peer, |value, key| value.get(key))
+        .and_then(Value::as_f64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+struct Report {
+    python: PathBuf,
+    node: NodeFigures,
+    direct: Sample,
+    peer: PeerFigures,
+}
+
+impl Report {
+    fn quic_added_ms(&self) -> f64 {
+        self.node.quic.p50() - self.direct.p50()
+    }
+
+    fn ws_added_ms(&self) -> f64 {
+        self.node.ws_binary.p50() - self.direct.p50()
+    }
+
+    fn json_added_ms(&self) -> f64 {
+        self.node.ws_json.p50() - self.direct.p50()
+    }
+
+    fn node_memory_met(&self) -> bool {
+        self.node.memory.node_rss_mb <= TARGET_NODE_RSS_MB
+    }
+
+    /// The peer's (p50, p99) in ms for `key`, from its microseconds.
+    fn peer_rtt_ms(&self, key: &str) -> Option<(f64, f64)> {
+        let peer = self.peer.as_ref().ok()?;
+        Some((
+            peer_number(peer, &[key, "p50"])? / 1e3,
+            peer_number(peer, &[key, "p99"])? / 1e3,
+        ))
+    }
+
+    fn print_table(&self) {
+        const LABEL: usize = 56;
+        let header = format!("execute round trip of `{CODE}` (N={N}, after {WARMUP} warm-up)");
+        println!();
+        println!("{header:<LABEL$} {:>10} {:>10}", "p50", "p99");
+        let row = |label: &str, p50: f64, p99: f64| {
+            println!(
+                "  {label:<w$} {:>10} {:>10}",
+                ms(p50),
+                ms(p99),
+                w = LABEL - 2
+            );
+        };
+        row("Airlock, QUIC", self.node.quic.p50(), self.node.quic.p99());
+        row(
+            "Airlock, WebSocket (binary)",
+            self.node.ws_binary.p50(),
+            self.node.ws_binary.p99(),
+        );
+        row(
+            "Airlock, WebSocket (JSON)",
+            self.node.ws_json.p50(),
+            self.node.ws_json.p99(),
+        );
+        row(
+            "direct ZeroMQ, Rust (KernelBridge in-process)",
+            self.direct.p50(),
+            self.direct.p99(),
+        );
+        for (label, key) in [
+            (
+                "peer: direct ZeroMQ, Python jupyter_client",
+                "raw_exec_rtt_us",
+            ),
+            ("peer: Jupyter Kernel Gateway WebSocket", "kg_exec_rtt_us"),
+        ] {
+            match self.peer_rtt_ms(key) {
+                Some((p50, p99)) => row(label, p50, p99),
+                None => println!("  {label:<w$} {:>21}", "not measured", w = LABEL - 2),
+            }
+        }
+
+        let verdict = |added: f64| {
+            if added <= TARGET_ADDED_MS {
+                "met"
+            } else {
+                "NOT met"
+            }
+        };
+        println!(
+            "target: QUIC and WebSocket p50 within {TARGET_ADDED_MS} ms of direct ZeroMQ -> \
+             QUIC {:+.2} ms {}, WS {:+.2} ms {} (WS JSON {:+.2} ms)",
+            self.quic_added_ms(),
+            verdict(self.quic_added_ms()),
+            self.ws_added_ms(),
+            verdict(self.ws_added_ms()),
+            self.json_added_ms(),
+        );
+
+        let memory = &self.node.memory;
+        let kernel = match memory.kernel_rss_mb {
+            Some(rss) => format!("its kernel {rss:.1} MB RSS"),
+            None => "its kernel's RSS not found (no ipykernel_launcher child)".to_owned(),
+        };
+        let peer_kernel = self
+            .peer
+            .as_ref()
+            .ok()
+            .and_then(|peer| peer_number(peer, &["kernel_rss_mb"]))
+            .map(|rss| format!("; peer's idle ipykernel {rss:.1} MB"))
+            .unwrap_or_default();
+        println!(
+            "memory: node {:.1} MB RSS (peak {:.1} MB), {kernel}{peer_kernel} (target node <= \
+             {TARGET_NODE_RSS_MB} MB: {})",
+            memory.node_rss_mb,
+            memory.node_peak_mb,
+            if self.node_memory_met() {
+                "met"
+            } else {
+                "NOT met"
+            },
+        );
+
+        match &self.peer {
+            Ok(peer) => {
+                let figure = |path: &[&str]| {
+                    peer_number(peer, path).map_or("?".to_owned(), |v| format!("{v:.0} ms"))
+                };
+                println!(
+                    "peer: cold start {}, Kernel Gateway create -> first result {} (medians)",
+                    figure(&["raw_cold_start_ms", "median"]),
+                    figure(&["kg_create_ms", "median"]),
+                );
+            }
+            Err(why) => println!("peer: not measured: {why}"),
+        }
+        println!("kernels' Python: {}", self.python.display());
+    }
+
+    fn json(&self) -> Value {
+        let rtt = |sample: &Sample| json!({ "p50_ms": round3(sample.p50()), "p99_ms": round3(sample.p99()) });
+        let peer_rtt = |key: &str| match self.peer_rtt_ms(key) {
+            Some((p50, p99)) => json!({ "p50_ms": round3(p50), "p99_ms": round3(p99) }),
+            None => Value::Null,
+        };
+        let memory = &self.node.memory;
+        json!({
+            "bench": "exec_rtt",
+            "code": CODE,
+            "n": N,
+            "warmup": WARMUP,
+            "exec_rtt": {
+                "airlock_quic": rtt(&self.node.quic),
+                "airlock_websocket_binary": rtt(&self.node.ws_binary),
+                "airlock_websocket_json": rtt(&self.node.ws_json),
+                "direct_zmq_rust": rtt(&self.direct),
+                "peer_direct_zmq_python": peer_rtt("raw_exec_rtt_us"),
+                "peer_kernel_gateway_websocket": peer_rtt("kg_exec_rtt_us"),
+            },
+            "target_added_p50": {
+                "max_ms": TARGET_ADDED_MS,
+                "quic_ms": round3(self.quic_added_ms()),
+                "websocket_ms": round3(self.ws_added_ms()),
+                "websocket_json_ms": round3(self.json_added_ms()),
+                "quic_met": self.quic_added_ms() <= TARGET_ADDED_MS,
+                "websocket_met": self.ws_added_ms() <= TARGET_ADDED_MS,
+            },
+            "memory_mb": {
+                "node_rss": round3(memory.node_rss_mb),
+                "node_peak": round3(memory.node_peak_mb),
+                "kernel_rss": memory.kernel_rss_mb.map(round3),
+                "kernel_pid": memory.kernel_pid,
+                "node_target_max": TARGET_NODE_RSS_MB,
+                "node_met": self.node_memory_met(),
+            },
+            "peer": match &self.peer {
+                Ok(peer) => peer.clone(),
+                Err(why) => json!({ "not_measured": why }),
+            },
+            "python": self.python.display().to_string(),
+        })
+    }
+}
+
+fn ms(value: f64) -> String {
+    format!("{value:.2} ms")
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1e3).round() / 1e3
+}
+
+fn progress(message: &str) {
+    eprintln!("exec_rtt: {message}");
+}
+
+/// The kernels' interpreter: `AIRLOCK_PYTHON`, else Airlock's managed environment (made on
+/// first use, with progress).
+async fn kernel_python() -> anyhow::Result<PathBuf> {
+    let source = match std::env::var_os("AIRLOCK_PYTHON").filter(|path| !path.is_empty()) {
+        Some(path) => PythonSource::Existing(PathBuf::from(path)),
+        None => PythonSource::default_managed()?,
+    };
+    if matches!(source, PythonSource::Managed { .. }) {
+        progress("checking Airlock's managed Python environment (made once, on first use)");
+    }
+    Ok(python_env::ensure_python(&source, Progress::Auto).await?)
+}

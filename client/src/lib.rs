@@ -1,0 +1,435 @@
+//! `airlock-client`: connect to a document's node over QUIC or WebSocket and run code.
+//!
+//! # Layout
+//! - [`Client`]: one connection. [`Client::connect`] says hello and waits for the welcome;
+//!   [`Client::send`] and [`Client::recv`] move protocol messages; [`Client::run`] executes code
+//!   and collects its outputs until the run is done.
+//! - [`Target`]: where and how to connect; [`Trust`]: how the node's QUIC certificate is checked.
+//! - [`pinned`]: the certificate verifier that accepts exactly one certificate fingerprint.
+//!
+//! A background task reads and decodes incoming frames, so [`Client::recv`] is cancel-safe and
+//! can sit in a `select!` beside Ctrl-C handling.
+#![forbid(unsafe_code)]
+
+pub mod pinned;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_protocol::codec::{self, FrameLimit, HEADER_LEN};
+use airlock_protocol::{
+    ClientMessage, CodecError, ErrorReply, ExecuteRequest, Hello, Output, RunDone, RunId,
+    ServerMessage, VersionRange, Welcome,
+};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Where a node listens and how to reach it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Quic {
+        addr: SocketAddr,
+        /// The name the certificate is issued for (`localhost` for a dev node).
+        server_name: String,
+        trust: Trust,
+    },
+    WebSocket {
+        /// `ws://host:port/v1/doc`
+        url: String,
+        /// Binary frames or the JSON text form.
+        json: bool,
+    },
+}
+
+/// How the node's QUIC certificate is checked.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Accept only the certificate with this SHA-256 fingerprint (hex, colons allowed), as the
+    /// node prints it at start.
+    Fingerprint(String),
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("the node refused: {} ({})", .0.message, .0.code)]
+    Refused(ErrorReply),
+    #[error("the connection closed: {reason}")]
+    Closed { reason: String },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("no answer from the node within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How long [`Client::connect`] waits for the welcome.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection to one document.
+#[derive(Debug)]
+pub struct Client {
+    writer: Writer,
+    inbound: mpsc::Receiver<Result<ServerMessage, ClientError>>,
+    welcome: Welcome,
+    next_ref: u64,
+    limit: FrameLimit,
+}
+
+enum Writer {
+    Quic {
+        // The endpoint must outlive the connection.
+        _endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+    },
+    WebSocket {
+        sink: SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
+        json: bool,
+    },
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Writer::Quic { .. } => "Writer::Quic",
+            Writer::WebSocket { .. } => "Writer::WebSocket",
+        })
+    }
+}
+
+/// What one run produced, as [`Client::run`] collected it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub run: RunId,
+    pub outputs: Vec<Output>,
+    pub done: RunDone,
+}
+
+impl Client {
+    /// Connects, says hello with `token`, and waits for the welcome.
+    pub async fn connect(target: &Target, token: &str) -> Result<Client, ClientError> {
+        let mut client = Client::connect_without_hello(target).await?;
+        client
+            .send(&ClientMessage::Hello(Hello {
+                versions: VersionRange::current(),
+                token: token.to_owned(),
+                client: concat!("airlock-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            }))
+            .await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.recv()).await {
+            Ok(Ok(ServerMessage::Welcome(welcome))) => {
+                client.welcome = welcome;
+                Ok(client)
+            }
+            Ok(Ok(ServerMessage::Error(reply))) => Err(ClientError::Refused(reply)),
+            Ok(Ok(other)) => Err(ClientError::Closed {
+                reason: format!("expected a welcome, got {other:?}"),
+            }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ClientError::Timeout(CONNECT_TIMEOUT)),
+        }
+    }
+
+    /// Opens the transport without saying hello, for tools and tests that craft their own
+    /// first message. [`Client::welcome`] stays empty.
+    pub async fn connect_without_hello(target: &Target) -> Result<Client, ClientError> {
+        let limit = FrameLimit::default();
+        let (tx, inbound) = mpsc::channel(1024);
+        let writer = match target {
+            Target::Quic {
+                addr,
+                server_name,
+                trust,
+            } => connect_quic(*addr, server_name, trust, limit, tx).await?,
+            Target::WebSocket { url, json } => connect_ws(url, *json, limit, tx).await?,
+        };
+        Ok(Client {
+            writer,
+            inbound,
+            welcome: Welcome {
+                version: 0,
+                session: airlock_protocol::SessionId(0),
+                document: String::new(),
+                user: String::new(),
+                role: airlock_protocol::Role::Viewer,
+                kernel: airlock_protocol::KernelState::Unknown,
+                node_version: String::new(),
+            },
+            next_ref: 1,
+            limit,
+        })
+    }
+
+    /// The node's welcome: negotiated version, session id, role, kernel state.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        match &mut self.writer {
+            Writer::Quic { send, .. } => {
+                let frame = codec::encode_frame(message, self.limit)?;
+                write_quic(send, &frame).await
+            }
+            Writer::WebSocket { sink, json } => {
+                let message = if *json {
+                    Message::Text(codec::encode_json(message, self.limit)?.into())
+                } else {
+                    Message::Binary(codec::encode_frame(message, self.limit)?.into())
+                };
+                sink.send(message).await.map_err(|err| ClientError::Closed {
+                    reason: err.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Sends bytes as they are: a raw QUIC stream write, or one binary WebSocket message. For
+    /// testing how a node treats bytes no honest client sends.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match &mut self.writer {
+            Writer::Quic { send, .. } => write_quic(send, bytes).await,
+            Writer::WebSocket { sink, .. } => sink
+                .send(Message::Binary(bytes.to_vec().into()))
+                .await
+                .map_err(|err| ClientError::Closed {
+                    reason: err.to_string(),
+                }),
+        }
+    }
+
+    /// The next message from the node. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
+        match self.inbound.recv().await {
+            Some(result) => result,
+            None => Err(ClientError::Closed {
+                reason: "the node closed the connection".into(),
+            }),
+        }
+    }
+
+    /// Asks the node to run `code`; returns the reference the node will echo in `Queued`.
+    pub async fn execute(&mut self, code: &str) -> Result<u64, ClientError> {
+        let client_ref = self.next_ref;
+        self.next_ref += 1;
+        self.send(&ClientMessage::Execute(ExecuteRequest {
+            client_ref,
+            code: code.to_owned(),
+            store_history: true,
+        }))
+        .await?;
+        Ok(client_ref)
+    }
+
+    /// Runs `code` and collects its outputs until it is done. Every message received meanwhile,
+    /// this run's or others', is shown to `observe` first.
+    pub async fn run(
+        &mut self,
+        code: &str,
+        mut observe: impl FnMut(&ServerMessage),
+    ) -> Result<RunReport, ClientError> {
+        let client_ref = self.execute(code).await?;
+        let session = self.welcome.session;
+        let mut run = None;
+        let mut outputs = Vec::new();
+        loop {
+            let message = self.recv().await?;
+            observe(&message);
+            match message {
+                ServerMessage::Queued(queued)
+                    if queued.session == session && queued.client_ref == client_ref =>
+                {
+                    run = Some(queued.run);
+                }
+                ServerMessage::Output(out) if Some(out.run) == run => outputs.push(out.output),
+                ServerMessage::Done(done) if Some(done.run) == run => {
+                    return Ok(RunReport {
+                        run: done.run,
+                        outputs,
+                        done,
+                    });
+                }
+                ServerMessage::Error(reply)
+                    if reply.fatal || reply.client_ref == Some(client_ref) =>
+                {
+                    return Err(ClientError::Refused(reply));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        match &mut self.writer {
+            Writer::Quic {
+                connection, send, ..
+            } => {
+                let _ = send.finish();
+                connection.close(quinn::VarInt::from_u32(0), b"bye");
+            }
+            Writer::WebSocket { sink, .. } => {
+                let _ = sink.send(Message::Close(None)).await;
+                let _ = sink.close().await;
+            }
+        }
+    }
+}
+
+async fn write_quic(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), ClientError> {
+    send.write_all(bytes)
+        .await
+        .map_err(|err| ClientError::Closed {
+            reason: err.to_string(),
+        })
+}
+
+async fn connect_quic(
+    addr: SocketAddr,
+    server_name: &str,
+    trust: &Trust,
+    limit: FrameLimit,
+    tx: mpsc::Sender<Result<ServerMessage, ClientError>>,
+) -> Result<Writer, ClientError> {
+    let failed = |reason: String| ClientError::Connect {
+        target: format!("quic://{addr}"),
+        reason,
+    };
+    let Trust::Fingerprint(fingerprint) = trust;
+    let crypto = pinned::client_config(fingerprint).map_err(failed)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|err| failed(err.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|err| failed(err.to_string()))?;
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(addr, server_name)
+        .map_err(|err| failed(err.to_string()))?
+        .await
+        .map_err(|err| failed(err.to_string()))?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|err| failed(err.to_string()))?;
+    tokio::spawn(read_quic(recv, connection.clone(), limit, tx));
+    Ok(Writer::Quic {
+        _endpoint: endpoint,
+        connection,
+        send,
+    })
+}
+
+async fn read_quic(
+    mut recv: quinn::RecvStream,
+    connection: quinn::Connection,
+    limit: FrameLimit,
+    tx: mpsc::Sender<Result<ServerMessage, ClientError>>,
+) {
+    let closed = |connection: &quinn::Connection, fallback: String| {
+        let reason = match connection.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => format!(
+                "node closed the connection with code {} ({})",
+                close.error_code,
+                String::from_utf8_lossy(&close.reason)
+            ),
+            Some(other) => other.to_string(),
+            None => fallback,
+        };
+        ClientError::Closed { reason }
+    };
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        if let Err(err) = recv.read_exact(&mut header).await {
+            // Give the connection a moment to learn its close reason.
+            let _ = tokio::time::timeout(Duration::from_millis(200), connection.closed()).await;
+            let _ = tx.send(Err(closed(&connection, err.to_string()))).await;
+            return;
+        }
+        let result = limit.payload_len(header).map_err(ClientError::from);
+        let len = match result {
+            Ok(len) => len,
+            Err(err) => {
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+        };
+        payload.resize(len, 0);
+        if let Err(err) = recv.read_exact(&mut payload).await {
+            let _ = tx.send(Err(closed(&connection, err.to_string()))).await;
+            return;
+        }
+        let message = codec::decode_payload(&payload).map_err(ClientError::from);
+        if tx.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn connect_ws(
+    url: &str,
+    json: bool,
+    limit: FrameLimit,
+    tx: mpsc::Sender<Result<ServerMessage, ClientError>>,
+) -> Result<Writer, ClientError> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|err| ClientError::Connect {
+                target: url.to_owned(),
+                reason: err.to_string(),
+            })?;
+    if let MaybeTlsStream::Plain(stream) = ws.get_ref() {
+        let _ = stream.set_nodelay(true);
+    }
+    let (sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            let decoded = match message {
+                Ok(Message::Binary(bytes)) => {
+                    codec::decode_whole_frame(&bytes, limit).map_err(ClientError::from)
+                }
+                Ok(Message::Text(text)) => {
+                    codec::decode_json(text.as_str(), limit).map_err(ClientError::from)
+                }
+                Ok(Message::Close(frame)) => {
+                    let reason = match frame {
+                        Some(frame) => format!(
+                            "node closed the connection with code {} ({})",
+                            u16::from(frame.code),
+                            frame.reason
+                        ),
+                        None => "node closed the connection".to_owned(),
+                    };
+                    let _ = tx.send(Err(ClientError::Closed { reason })).await;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(err) => Err(ClientError::Closed {
+                    reason: err.to_string(),
+                }),
+            };
+            let failed = decoded.is_err();
+            if tx.send(decoded).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Writer::WebSocket { sink, json })
+}

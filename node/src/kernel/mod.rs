@@ -1,0 +1,84 @@
+//! The kernel bridge: one real ipykernel process, spoken to over the Jupyter wire protocol on
+//! ZeroMQ IPC sockets.
+//!
+//! INTERFACE CONTRACT (the hub in `crate::hub` depends on exactly this surface):
+//!
+//! ```ignore
+//! let (bridge, mut events) = KernelBridge::start(config).await?;
+//! bridge.execute(RunId(1), "x = 1", true)?;      // returns at once; results come as events
+//! while let Some(event) = events.recv().await { /* KernelEvent::{Status, Output, Done} */ }
+//! bridge.interrupt()?;                            // SIGINT, as Jupyter's signal interrupt mode
+//! bridge.restart().await?;                        // fresh process, fresh HMAC key
+//! bridge.shutdown().await;                        // no process, no socket file left
+//! ```
+//!
+//! Every run handed to `execute` ends with exactly one `KernelEvent::Done`, after all of its
+//! outputs: `Ok`/`Error` from the kernel's reply, `Aborted` when the kernel aborted it, was
+//! restarted, or died. Death (exit, signal, heartbeat loss) is reported within 1 s as
+//! `KernelEvent::Status(KernelStatus::Dead { cause })`.
+//!
+//! Layout, in the order a message travels:
+//! - [`python_env`] finds or builds the interpreter the kernel runs on.
+//! - `process` prepares the kernel's private runtime folder and spawns, signals and reaps it.
+//! - `wire` decodes the few kernel messages the bridge cares about.
+//! - [`session`] is the sans-IO core: run bookkeeping, the "done" rule, kernel status, heartbeat.
+//! - `bridge` is the thin async driver: sockets, timers and the process, pumping the session.
+
+mod bridge;
+mod error;
+mod process;
+pub mod python_env;
+pub mod session;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_protocol::{KernelStatus, Output, RunId, RunStatus};
+
+pub use bridge::KernelBridge;
+pub use error::KernelError;
+pub use python_env::{Progress, PythonEnvError, PythonSource, ensure_python};
+
+/// How to start a kernel.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// A Python interpreter that can `import ipykernel`.
+    pub python: PathBuf,
+    /// Parent folder for each kernel's private runtime folder (connection file, IPC sockets).
+    pub runtime_dir: PathBuf,
+    /// How often the heartbeat channel is pinged.
+    pub heartbeat_interval: Duration,
+    /// How long the heartbeat may stay silent before the kernel is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// How long a kernel may take to answer its first `kernel_info_request`.
+    pub startup_timeout: Duration,
+}
+
+impl KernelConfig {
+    /// Defaults that detect death within 1 s.
+    pub fn new(python: PathBuf, runtime_dir: PathBuf) -> Self {
+        KernelConfig {
+            python,
+            runtime_dir,
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_timeout: Duration::from_millis(800),
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the bridge reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelEvent {
+    Status(KernelStatus),
+    Output {
+        run: RunId,
+        output: Output,
+    },
+    Done {
+        run: RunId,
+        status: RunStatus,
+        execution_count: Option<u32>,
+    },
+}

@@ -1,0 +1,348 @@
+//! One ipykernel process and the private folder it lives in: the folder, the connection file
+//! with a fresh HMAC key, the spawn itself, signals, reaping and cleanup.
+//!
+//! The spawn happens in exactly one function, [`spawn`], which takes a prepared command, so a
+//! jail can wrap the command without touching anything else. Nothing here speaks the Jupyter
+//! protocol (that is `super::bridge`) or decides when to kill (that is `super::session` and the
+//! driver).
+
+use std::collections::VecDeque;
+use std::fs::Permissions;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use airlock_protocol::DeathCause;
+use jupyter_protocol::ConnectionInfo;
+use jupyter_protocol::connection_info::Transport;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::KernelError;
+
+/// Longest path a Unix socket address can hold on Linux (`sun_path` is 108 bytes with a NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How many of the kernel's last stderr lines are kept to explain a failed start.
+const STDERR_TAIL_LINES: usize = 30;
+
+/// The channel numbers in the connection file. With IPC transport the kernel binds
+/// `{prefix}-{n}`; the folder is fresh, so fixed numbers cannot collide.
+const SHELL: u16 = 1;
+const IOPUB: u16 = 2;
+const STDIN: u16 = 3;
+const CONTROL: u16 = 4;
+const HEARTBEAT: u16 = 5;
+
+/// A kernel's private runtime folder (mode 0700) holding its connection file and IPC sockets.
+/// Removed on [`remove`](Self::remove) or drop.
+#[derive(Debug)]
+pub(crate) struct RuntimeFolder {
+    dir: tempfile::TempDir,
+    connection: ConnectionInfo,
+    connection_file: PathBuf,
+}
+
+impl RuntimeFolder {
+    /// Creates a fresh folder under `parent` and writes a connection file with a new random
+    /// HMAC-SHA256 key into it.
+    pub(crate) fn create(parent: &Path) -> Result<Self, KernelError> {
+        let folder_error = |source| KernelError::RuntimeDir {
+            dir: parent.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(parent).map_err(folder_error)?;
+        let dir = tempfile::Builder::new()
+            .prefix("kernel-")
+            .permissions(Permissions::from_mode(0o700))
+            .tempdir_in(parent)
+            .map_err(folder_error)?;
+        let prefix = dir.path().join("k");
+        let Some(ip) = prefix.to_str() else {
+            return Err(KernelError::RuntimeDirNotUtf8 {
+                dir: parent.to_owned(),
+            });
+        };
+        // The longest socket name is `{prefix}-{n}` with a one-digit n.
+        let len = ip.len() + 2;
+        if len > MAX_SOCKET_PATH {
+            return Err(KernelError::SocketPathTooLong {
+                dir: parent.to_owned(),
+                len,
+                max: MAX_SOCKET_PATH,
+            });
+        }
+        let connection = ConnectionInfo {
+            ip: ip.to_owned(),
+            transport: Transport::IPC,
+            shell_port: SHELL,
+            iopub_port: IOPUB,
+            stdin_port: STDIN,
+            control_port: CONTROL,
+            hb_port: HEARTBEAT,
+            key: hex::encode(rand::random::<[u8; 32]>()),
+            signature_scheme: "hmac-sha256".to_owned(),
+            kernel_name: None,
+        };
+        let connection_file = dir.path().join("connection.json");
+        write_private(&connection_file, &connection).map_err(|source| {
+            KernelError::ConnectionFile {
+                path: connection_file.clone(),
+                source,
+            }
+        })?;
+        Ok(RuntimeFolder {
+            dir,
+            connection,
+            connection_file,
+        })
+    }
+
+    pub(crate) fn connection(&self) -> &ConnectionInfo {
+        &self.connection
+    }
+
+    pub(crate) fn connection_file(&self) -> &Path {
+        &self.connection_file
+    }
+
+    /// The socket files of the channels the bridge connects to; each appears when the kernel
+    /// binds it.
+    pub(crate) fn channel_sockets(&self) -> [PathBuf; 4] {
+        [SHELL, IOPUB, CONTROL, HEARTBEAT]
+            .map(|n| PathBuf::from(format!("{}-{n}", self.connection.ip)))
+    }
+
+    /// Deletes the folder and everything in it (connection file, socket files).
+    pub(crate) fn remove(self) -> io::Result<()> {
+        self.dir.close()
+    }
+}
+
+/// Writes `connection` as JSON to a new file only its owner can read: it holds the HMAC key.
+fn write_private(path: &Path, connection: &ConnectionInfo) -> io::Result<()> {
+    let json = serde_json::to_vec(connection).map_err(io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&json)
+}
+
+/// The command that starts ipykernel on `connection_file`, before [`spawn`] prepares it.
+pub(crate) fn kernel_command(python: &Path, connection_file: &Path) -> Command {
+    let mut command = Command::new(python);
+    command
+        .arg("-m")
+        .arg("ipykernel_launcher")
+        .arg("-f")
+        .arg(connection_file)
+        // debugpy warns on every start of Python >= 3.11 that frozen modules hide breakpoints;
+        // the bridge does not debug, so that warning would only bury real errors in the log.
+        .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        // ipykernel exits by itself within a second when this process goes away, so a node that
+        // is killed outright (no chance to kill its kernel) leaves no orphan behind. When a
+        // wrapper makes the pid not match its parent, ipykernel only watches for reparenting.
+        .env("JPY_PARENT_PID", std::process::id().to_string());
+    command
+}
+
+/// Spawns the kernel. The only place a kernel process is created: `command` is
+/// [`kernel_command`], possibly wrapped by a jail. The process leads its own process group, so
+/// an interrupt or kill reaches whatever the kernel started too, and is killed if the handle is
+/// dropped.
+pub(crate) fn spawn(mut command: Command) -> io::Result<KernelProcess> {
+    command
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    let Some(pid) = child.id() else {
+        // `id` is `None` only once the child was reaped, and nothing has waited on it yet.
+        return Err(io::Error::other(
+            "the kernel process vanished as it was spawned",
+        ));
+    };
+    let output = tokio::spawn(forward_output(
+        pid,
+        child.stdout.take(),
+        child.stderr.take(),
+    ));
+    Ok(KernelProcess { child, pid, output })
+}
+
+/// A running (or just exited) kernel process. Dropping it kills its process group if the kernel
+/// was not reaped yet.
+#[derive(Debug)]
+pub(crate) struct KernelProcess {
+    child: Child,
+    pid: u32,
+    /// Forwards the kernel's stdout and stderr to the log; yields the stderr tail at EOF.
+    output: JoinHandle<String>,
+}
+
+impl KernelProcess {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the kernel to exit. Cancel-safe, and returns the same status again once exited.
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Kills the whole process group and reaps the kernel.
+    pub(crate) async fn kill(&mut self) {
+        // ESRCH just means everything in the group is gone already.
+        let _ = signal_group(self.pid, Signal::SIGKILL);
+        if let Err(error) = self.child.wait().await {
+            tracing::warn!(pid = self.pid, %error, "could not reap the kernel process");
+        }
+    }
+
+    /// What the kernel wrote last to stderr, waiting up to `patience` for it to close the pipe.
+    pub(crate) async fn stderr_tail(&mut self, patience: Duration) -> String {
+        match tokio::time::timeout(patience, &mut self.output).await {
+            Ok(Ok(tail)) => tail,
+            Ok(Err(_)) | Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for KernelProcess {
+    fn drop(&mut self) {
+        self.output.abort();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = signal_group(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`.
+pub(crate) fn signal_group(pid: u32, signal: Signal) -> Result<(), KernelError> {
+    let group = i32::try_from(pid).map_err(|_| KernelError::NotRunning)?;
+    killpg(Pid::from_raw(group), signal).map_err(|source| match source {
+        nix::Error::ESRCH => KernelError::NotRunning,
+        source => KernelError::Signal {
+            signal: signal.as_str(),
+            pid,
+            source,
+        },
+    })
+}
+
+/// Why a kernel that exited with `status` is gone.
+pub(crate) fn death_cause(status: ExitStatus) -> DeathCause {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => DeathCause::Exited { code },
+        (None, Some(signal)) => DeathCause::Signaled {
+            signal,
+            name: Signal::try_from(signal)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| format!("signal {signal}")),
+        },
+        (None, None) => DeathCause::Unknown,
+    }
+}
+
+/// Logs the kernel's own stdout and stderr (not the user's prints, which travel on iopub) and
+/// returns the last stderr lines once both close.
+async fn forward_output(
+    pid: u32,
+    stdout: Option<impl AsyncRead + Unpin>,
+    stderr: Option<impl AsyncRead + Unpin>,
+) -> String {
+    let stdout = async {
+        let Some(stdout) = stdout else { return };
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(pid, "kernel stdout: {line}");
+        }
+    };
+    let stderr = async {
+        let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+        let Some(stderr) = stderr else {
+            return tail;
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(pid, "kernel stderr: {line}");
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail
+    };
+    let ((), tail) = tokio::join!(stdout, stderr);
+    Vec::from(tail).join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_folder_is_private_and_names_ipc_sockets() {
+        let parent = tempfile::tempdir().unwrap();
+        let folder = RuntimeFolder::create(parent.path()).unwrap();
+        let mode = std::fs::metadata(folder.dir.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let file_mode = std::fs::metadata(folder.connection_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(file_mode & 0o777, 0o600);
+        let written: ConnectionInfo =
+            serde_json::from_slice(&std::fs::read(folder.connection_file()).unwrap()).unwrap();
+        assert_eq!(&written, folder.connection());
+        assert_eq!(written.transport, Transport::IPC);
+        assert_eq!(written.key.len(), 64);
+        assert_eq!(
+            folder.connection().shell_url(),
+            format!("ipc://{}-1", folder.dir.path().join("k").display())
+        );
+        let other = RuntimeFolder::create(parent.path()).unwrap();
+        assert_ne!(other.connection().key, folder.connection().key);
+        folder.remove().unwrap();
+        other.remove().unwrap();
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn overlong_runtime_dir_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let deep = parent.path().join("d".repeat(100));
+        assert!(matches!(
+            RuntimeFolder::create(&deep),
+            Err(KernelError::SocketPathTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn exit_statuses_name_their_cause() {
+        assert_eq!(
+            death_cause(ExitStatus::from_raw(9)),
+            DeathCause::Signaled {
+                signal: 9,
+                name: "SIGKILL".into()
+            }
+        );
+        assert_eq!(
+            death_cause(ExitStatus::from_raw(3 << 8)),
+            DeathCause::Exited { code: 3 }
+        );
+    }
+}

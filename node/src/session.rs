@@ -1,0 +1,325 @@
+//! One client connection, whatever its transport: the hello handshake, token checks, role checks,
+//! and relaying between the client and the document hub.
+//!
+//! Transports supply two halves: a reader task that decodes frames into an [`Inbound`] channel
+//! (so decoding never sits inside a `select!` and stays cancel-safe), and a [`FrameWriter`].
+//! A decoding failure or an oversized frame ends only this connection, with a fatal error
+//! telling the client why; the node keeps serving the others.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_protocol::{
+    ClientMessage, CodecError, ErrorCode, ErrorReply, Hello, Role, ServerMessage, TokenError,
+    VersionRange, Welcome, token,
+};
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info};
+
+use crate::hub::HubHandle;
+
+/// How long a client may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The two encodings a client may use; the node answers in the form of the client's hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Length-prefixed MessagePack frames (QUIC, binary WebSocket messages).
+    Binary,
+    /// One JSON object per WebSocket text message.
+    Json,
+}
+
+/// What a transport's reader task hands to the session.
+pub type Inbound = Result<(ClientMessage, Form), ReadError>;
+
+/// Why a transport stopped reading.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("connection failed: {0}")]
+    Transport(String),
+}
+
+/// The sending half of a transport.
+pub trait FrameWriter: Send {
+    /// Sends one message in the given form.
+    fn send(
+        &mut self,
+        message: &ServerMessage,
+        form: Form,
+    ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send;
+
+    /// Flushes and closes the connection; `code` is the fatal error that ended it, if one did,
+    /// for transports that carry a close code.
+    fn close(&mut self, code: Option<ErrorCode>)
+    -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("connection failed: {0}")]
+    Transport(String),
+}
+
+/// What every session of this node needs to check a client: the document it serves, the key
+/// tokens are signed with, and the allocation epoch.
+#[derive(Debug)]
+pub struct Gate {
+    pub document: String,
+    pub epoch: u64,
+    pub token_key: VerifyingKey,
+}
+
+impl Gate {
+    /// Checks a hello at `now_unix` and returns the negotiated version and the token's claims.
+    pub fn admit(&self, hello: &Hello, now_unix: u64) -> Result<(u32, token::Claims), ErrorReply> {
+        let version = VersionRange::current()
+            .negotiate(hello.versions)
+            .ok_or_else(|| {
+                let ours = VersionRange::current();
+                ErrorReply::fatal(
+                    ErrorCode::VersionUnsupported,
+                    format!(
+                        "this node speaks protocol versions {}..={}, the client {}..={}; upgrade \
+                         the older side",
+                        ours.min, ours.max, hello.versions.min, hello.versions.max
+                    ),
+                )
+            })?;
+        let claims = token::verify(&hello.token, &self.token_key, now_unix)
+            .and_then(|claims| claims.check_for(&self.document, self.epoch).map(|()| claims))
+            .map_err(|err| {
+                let code = match err {
+                    TokenError::Malformed(_) | TokenError::BadSignature => ErrorCode::TokenInvalid,
+                    TokenError::Expired { .. } => ErrorCode::TokenExpired,
+                    TokenError::WrongDocument { .. } => ErrorCode::WrongDocument,
+                    TokenError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+                };
+                ErrorReply::fatal(code, err.to_string())
+            })?;
+        Ok((version, claims))
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn refuse(code: ErrorCode) {
+    metrics::counter!("airlock_node_refusals_total", "code" => code.as_str()).increment(1);
+}
+
+/// Serves one connection until the client leaves, the connection fails or the node stops.
+pub async fn run<W: FrameWriter>(
+    transport: &'static str,
+    gate: Arc<Gate>,
+    hub: HubHandle,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut writer: W,
+) {
+    metrics::counter!("airlock_node_connections_total", "transport" => transport).increment(1);
+    let (hello, form) = match tokio::time::timeout(HELLO_TIMEOUT, inbound.recv()).await {
+        Ok(Some(Ok((ClientMessage::Hello(hello), form)))) => (hello, form),
+        Ok(Some(Ok((_, form)))) => {
+            let reply = ErrorReply::fatal(
+                ErrorCode::HelloExpected,
+                "the first message on a connection must be a hello",
+            );
+            return fail(&mut writer, reply, form).await;
+        }
+        Ok(Some(Err(err))) => return fail_read(&mut writer, err, Form::Binary).await,
+        Ok(None) => return,
+        Err(_) => {
+            let reply = ErrorReply::fatal(
+                ErrorCode::HelloExpected,
+                format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+            );
+            return fail(&mut writer, reply, Form::Binary).await;
+        }
+    };
+    let (version, claims) = match gate.admit(&hello, now_unix()) {
+        Ok(admitted) => admitted,
+        Err(reply) => {
+            info!(transport, code = %reply.code, client = %hello.client, "refused a client");
+            return fail(&mut writer, reply, form).await;
+        }
+    };
+    let Ok(joined) = hub.join(claims.user.clone(), claims.role).await else {
+        let reply = ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down");
+        return fail(&mut writer, reply, form).await;
+    };
+    let session = joined.session;
+    let welcome = ServerMessage::Welcome(Welcome {
+        version,
+        session,
+        document: gate.document.clone(),
+        user: claims.user.clone(),
+        role: claims.role,
+        kernel: joined.kernel.state(),
+        node_version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    if writer.send(&welcome, form).await.is_ok() {
+        let mut relay = Relay {
+            hub: &hub,
+            session,
+            user: claims.user,
+            role: claims.role,
+            form,
+        };
+        relay.serve(&mut inbound, joined.events, &mut writer).await;
+    }
+    hub.leave(session);
+}
+
+async fn fail<W: FrameWriter>(writer: &mut W, reply: ErrorReply, form: Form) {
+    refuse(reply.code);
+    let code = reply.code;
+    let _ = writer.send(&ServerMessage::Error(reply), form).await;
+    writer.close(Some(code)).await;
+}
+
+async fn fail_read<W: FrameWriter>(writer: &mut W, err: ReadError, form: Form) {
+    match err {
+        ReadError::Codec(err) => {
+            let reply = ErrorReply::fatal(err.code(), err.to_string());
+            fail(writer, reply, form).await;
+        }
+        ReadError::Transport(reason) => debug!(%reason, "client connection failed"),
+    }
+}
+
+/// The steady state of a session: client requests go to the hub, hub events go to the client.
+struct Relay<'a> {
+    hub: &'a HubHandle,
+    session: airlock_protocol::SessionId,
+    user: String,
+    role: Role,
+    form: Form,
+}
+
+impl Relay<'_> {
+    async fn serve<W: FrameWriter>(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        mut events: broadcast::Receiver<crate::hub::Broadcast>,
+        writer: &mut W,
+    ) {
+        loop {
+            tokio::select! {
+                request = inbound.recv() => match request {
+                    Some(Ok((message, _))) => {
+                        if let Some(reply) = self.handle(message).await {
+                            let fatal = matches!(&reply, ServerMessage::Error(e) if e.fatal);
+                            if writer.send(&reply, self.form).await.is_err() || fatal {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(err)) => return fail_read(writer, err, self.form).await,
+                    None => return,
+                },
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if writer.send(&event, self.form).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let reply = ErrorReply::fatal(
+                            ErrorCode::Busy,
+                            format!("this client fell {missed} messages behind the document; \
+                                     reconnect to catch up"),
+                        );
+                        return fail(writer, reply, self.form).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        writer.close(None).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one request; returns the reply meant for this client only, if any.
+    async fn handle(&mut self, message: ClientMessage) -> Option<ServerMessage> {
+        let gone = || {
+            ServerMessage::Error(ErrorReply::fatal(
+                ErrorCode::Internal,
+                "the node is shutting down",
+            ))
+        };
+        let needs_editor = |what: &str| {
+            refuse(ErrorCode::Forbidden);
+            ErrorReply::for_request(
+                ErrorCode::Forbidden,
+                None,
+                format!(
+                    "a {} may not {what}; ask the document's owner for editor access",
+                    self.role
+                ),
+            )
+        };
+        match message {
+            ClientMessage::Execute(request) => {
+                if !self.role.can_execute() {
+                    let mut reply = needs_editor("execute code");
+                    reply.client_ref = Some(request.client_ref);
+                    return Some(ServerMessage::Error(reply));
+                }
+                match self
+                    .hub
+                    .execute(
+                        self.session,
+                        self.user.clone(),
+                        request.client_ref,
+                        request.code,
+                        request.store_history,
+                    )
+                    .await
+                {
+                    Ok(Ok(_run)) => None,
+                    Ok(Err(reply)) => Some(ServerMessage::Error(reply)),
+                    Err(_) => Some(gone()),
+                }
+            }
+            ClientMessage::Interrupt | ClientMessage::Restart => {
+                let restart = matches!(message, ClientMessage::Restart);
+                if !self.role.can_execute() {
+                    let what = if restart { "restart the kernel" } else { "interrupt the kernel" };
+                    return Some(ServerMessage::Error(needs_editor(what)));
+                }
+                let result = if restart {
+                    self.hub.restart().await
+                } else {
+                    self.hub.interrupt().await
+                };
+                match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(reply)) => Some(ServerMessage::Error(reply)),
+                    Err(_) => Some(gone()),
+                }
+            }
+            ClientMessage::Ping { nonce } => Some(ServerMessage::Pong { nonce }),
+            ClientMessage::Hello(_) => Some(ServerMessage::Error(ErrorReply::for_request(
+                ErrorCode::HelloExpected,
+                None,
+                "this session already said hello",
+            ))),
+            ClientMessage::Unknown => Some(ServerMessage::Error(ErrorReply::for_request(
+                ErrorCode::UnknownMessage,
+                None,
+                "this node does not know that message type; check the protocol version",
+            ))),
+        }
+    }
+}

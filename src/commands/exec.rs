@@ -1,0 +1,217 @@
+//! `airlock exec`: run code in a document and print what it produces.
+//!
+//! Exit status: 0 when the code ran, 1 when it raised, 2 when the node could not be reached or
+//! refused, 3 when the run was aborted (interrupt, restart, kernel death).
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock_client::{Client, ClientError, Target, Trust};
+use airlock_protocol::{ClientMessage, RunStatus, ServerMessage};
+use anyhow::{Context as _, bail};
+
+use super::render::Renderer;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  airlock exec --connect-file node.json --code 'print(42)'\n  \
+    airlock exec --quic 127.0.0.1:4433 --fingerprint <hex> analysis.py\n  \
+    echo '1 + 1' | airlock exec --ws ws://127.0.0.1:4434/v1/doc --json\n\n\
+    Ctrl-C interrupts the running code; a second Ctrl-C leaves."
+)]
+pub struct Args {
+    /// A file to run, or - for standard input. Without it and without --code, reads stdin.
+    #[arg(value_name = "FILE", conflicts_with = "code")]
+    file: Option<PathBuf>,
+    /// The code to run.
+    #[arg(long, short)]
+    code: Option<String>,
+    /// The capability token (or set AIRLOCK_TOKEN).
+    #[arg(
+        long,
+        env = "AIRLOCK_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the capability token from a file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The JSON file `airlock node --connect-file` wrote: endpoints and certificate fingerprint.
+    #[arg(long, value_name = "FILE")]
+    connect_file: Option<PathBuf>,
+    /// Connect over QUIC to this address (the default transport).
+    #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
+    quic: Option<SocketAddr>,
+    /// The SHA-256 fingerprint of the node's certificate, as the node printed it.
+    #[arg(long, value_name = "HEX")]
+    fingerprint: Option<String>,
+    /// The name the node's certificate is issued for.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Connect over WebSocket to this URL (ws://host:port/v1/doc).
+    #[arg(long, value_name = "URL")]
+    ws: Option<String>,
+    /// With a connect file, use its WebSocket endpoint instead of QUIC.
+    #[arg(long, conflicts_with_all = ["quic", "ws"])]
+    websocket: bool,
+    /// Speak the JSON text form on WebSocket (as browsers do) instead of binary frames.
+    #[arg(long)]
+    ws_json: bool,
+    /// Print every message from the node as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let code = read_code(&args)?;
+    let token = read_token(&args)?;
+    let target = target(&args)?;
+    let renderer = Renderer::new(args.json);
+    let mut client = match Client::connect(&target, &token).await {
+        Ok(client) => client,
+        Err(err) => return Ok(unreachable(&err)),
+    };
+    if args.json {
+        renderer.message(&ServerMessage::Welcome(client.welcome().clone()));
+    }
+    let status = match drive(&mut client, &code, renderer).await {
+        Ok(status) => status,
+        Err(err) => return Ok(unreachable(&err)),
+    };
+    client.close().await;
+    Ok(match status {
+        RunStatus::Ok => ExitCode::SUCCESS,
+        RunStatus::Error => ExitCode::from(1),
+        RunStatus::Aborted | RunStatus::Unknown => ExitCode::from(3),
+    })
+}
+
+fn unreachable(err: &ClientError) -> ExitCode {
+    eprintln!("error: {err}");
+    if let ClientError::Refused(reply) = err {
+        eprintln!("       (code {})", reply.code);
+    }
+    ExitCode::from(2)
+}
+
+/// Runs the code, printing as outputs arrive; Ctrl-C sends an interrupt.
+async fn drive(
+    client: &mut Client,
+    code: &str,
+    renderer: Renderer,
+) -> Result<RunStatus, ClientError> {
+    let client_ref = client.execute(code).await?;
+    let session = client.welcome().session;
+    let mut run = None;
+    let mut interrupted = false;
+    loop {
+        let message = tokio::select! {
+            message = client.recv() => message?,
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    return Ok(RunStatus::Aborted);
+                }
+                interrupted = true;
+                eprintln!("\ninterrupting (Ctrl-C again to leave)");
+                client.send(&ClientMessage::Interrupt).await?;
+                continue;
+            }
+        };
+        let ours = match &message {
+            ServerMessage::Queued(q) => q.session == session && q.client_ref == client_ref,
+            ServerMessage::Output(out) => Some(out.run) == run,
+            ServerMessage::Done(done) => Some(done.run) == run,
+            ServerMessage::Error(reply) => reply.fatal || reply.client_ref == Some(client_ref),
+            ServerMessage::Kernel(_) => true,
+            _ => false,
+        };
+        if renderer.json || ours {
+            renderer.message(&message);
+        }
+        match message {
+            ServerMessage::Queued(q) if ours => run = Some(q.run),
+            ServerMessage::Done(done) if ours => return Ok(done.status),
+            ServerMessage::Error(reply) if ours => return Err(ClientError::Refused(reply)),
+            _ => {}
+        }
+    }
+}
+
+fn read_code(args: &Args) -> anyhow::Result<String> {
+    if let Some(code) = &args.code {
+        return Ok(code.clone());
+    }
+    match &args.file {
+        Some(path) if path.as_os_str() != "-" => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+        _ => {
+            let mut code = String::new();
+            std::io::stdin()
+                .read_to_string(&mut code)
+                .context("reading code from standard input")?;
+            Ok(code)
+        }
+    }
+}
+
+fn read_token(args: &Args) -> anyhow::Result<String> {
+    if let Some(token) = &args.token {
+        return Ok(token.trim().to_owned());
+    }
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        return Ok(token.trim().to_owned());
+    }
+    bail!(
+        "no token: pass --token, --token-file or set AIRLOCK_TOKEN (mint one with `airlock token`)"
+    )
+}
+
+fn target(args: &Args) -> anyhow::Result<Target> {
+    #[derive(serde::Deserialize)]
+    struct ConnectFile {
+        quic: Option<SocketAddr>,
+        websocket: Option<String>,
+        fingerprint: String,
+    }
+    let file = match &args.connect_file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_slice::<ConnectFile>(&bytes)
+                    .with_context(|| format!("{} is not a node connect file", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(url) = args.ws.clone().or_else(|| {
+        file.as_ref()
+            .filter(|_| args.websocket)
+            .and_then(|f| f.websocket.clone())
+    }) {
+        return Ok(Target::WebSocket {
+            url,
+            json: args.ws_json,
+        });
+    }
+    let addr = args
+        .quic
+        .or_else(|| file.as_ref().and_then(|f| f.quic))
+        .context("no node to talk to: pass --connect-file, --quic ADDR or --ws URL")?;
+    let fingerprint = args
+        .fingerprint
+        .clone()
+        .or_else(|| file.map(|f| f.fingerprint))
+        .context("QUIC needs the node's certificate fingerprint: pass --fingerprint (the node prints it at start) or --connect-file")?;
+    Ok(Target::Quic {
+        addr,
+        server_name: args.server_name.clone(),
+        trust: Trust::Fingerprint(fingerprint),
+    })
+}
