@@ -13,10 +13,12 @@
 //! kernel process and no socket file behind.
 #![forbid(unsafe_code)]
 
+pub mod document;
 pub mod hub;
 pub mod kernel;
 pub mod quic;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod websocket;
 

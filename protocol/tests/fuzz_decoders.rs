@@ -7,8 +7,9 @@
 //! the stream, and byte flips without a panic. The cargo-fuzz targets in `protocol/fuzz/` drive
 //! the same decoders with coverage feedback; these tests run on every `cargo test`.
 //!
-//! Case counts are set so the file runs in a few seconds in a debug build. Set
-//! `PROPTEST_RNG_SEED` to replay a run.
+//! Case counts are set so the file runs in a few seconds in a debug build. A failing case is
+//! shrunk, printed, and saved in `fuzz_decoders.proptest-regressions` beside this file, which
+//! replays it first on every later run.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions: a panic there is a test failure"

@@ -147,10 +147,18 @@ async fn tour(
     say(&format!("status: {:?}", report.done.status));
 
     step("An endless loop, interrupted from the other client");
-    let code = "while True:\n    pass";
+    let code = "print('looping…', flush=True)\nwhile True:\n    pass";
     show_code(code);
     ada.execute(code).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Interrupt once the loop has announced itself.
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), grace.recv()).await??;
+        if let ServerMessage::Output(out) = message {
+            if matches!(out.output, Output::Stream { .. }) {
+                break;
+            }
+        }
+    }
     let t = Instant::now();
     grace.send(&ClientMessage::Interrupt).await?;
     let status = wait_done(&mut ada).await?;

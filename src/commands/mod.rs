@@ -31,6 +31,9 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         if self.verbose {
             "debug,quinn=info,rustls=info,zeromq=info,tokio_tungstenite=info,tungstenite=info"
+        } else if matches!(self.command, Command::Demo(_)) {
+            // The tour prints its own story; the node's logs would interleave with it.
+            "warn"
         } else {
             "warn,airlock=info,airlock_node=info"
         }

@@ -237,13 +237,7 @@ impl Driver {
                     if let Some(old) = kernel.take() {
                         self.teardown(old).await;
                     }
-                    let result = match self.launch().await {
-                        Ok(fresh) => {
-                            kernel = Some(fresh);
-                            Ok(())
-                        }
-                        Err(error) => Err(error),
-                    };
+                    let result = self.launch().await.map(|fresh| kernel = Some(fresh));
                     let _ = done.send(result);
                 }
                 Next::Shutdown(done) => {
@@ -314,7 +308,13 @@ impl Driver {
                     return Next::Died;
                 }
                 () = &mut heartbeat_timer, if timer_deadline.is_some() => {
-                    if let Some(cause) = self.session.poll_heartbeat(Instant::now().into_std()) {
+                    let now = Instant::now().into_std();
+                    // A reply already waiting lost the race to the timer, not to the kernel:
+                    // on a starved machine, judging silence without it would kill a live kernel.
+                    if kernel.pongs.try_recv().is_ok() {
+                        self.session.on_heartbeat_reply(now);
+                    }
+                    if let Some(cause) = self.session.poll_heartbeat(now) {
                         tracing::warn!(pid = kernel.process.pid(), %cause, "killing silent kernel");
                         return Next::Died;
                     }

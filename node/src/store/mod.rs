@@ -1,0 +1,1 @@
+//! Durable, fenced storage of documents (`DocumentStore`).
