@@ -27,6 +27,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The code every round trip runs.
 const CODE: &str = "x = 1";
@@ -34,6 +35,10 @@ const CODE: &str = "x = 1";
 const N: usize = 500;
 /// Untimed round trips before them.
 const WARMUP: usize = 50;
+/// The timed runs are taken in this many rounds, the contenders taking turns.
+const ROUNDS: usize = 10;
+/// Untimed round trips at the start of each round after the first (a fresh connection).
+const REWARM: usize = 5;
 /// DESIGN.md §8: QUIC and WebSocket p50 within this of direct ZeroMQ.
 const TARGET_ADDED_MS: f64 = 0.3;
 /// DESIGN.md §8: the node's resident memory beside its kernel.
@@ -78,16 +83,11 @@ async fn bench() -> anyhow::Result<()> {
     let python = kernel_python().await?;
     progress(&format!("kernels run on {}", python.display()));
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
-
-    let node = node_rtts(&python, scratch.path()).await?;
-    progress("direct ZeroMQ: KernelBridge in-process");
-    let direct = direct_rtts(&python, scratch.path()).await?;
+    let measured = measure(&python, scratch.path()).await?;
     let peer = peer().await;
-
     let report = Report {
         python,
-        node,
-        direct,
+        measured,
         peer,
     };
     report.print_table();
@@ -99,6 +99,7 @@ async fn bench() -> anyhow::Result<()> {
 // Timing
 
 /// Round-trip times of one way of running code, in the order they were taken.
+#[derive(Default)]
 struct Sample(Vec<Duration>);
 
 impl Sample {
@@ -119,27 +120,28 @@ impl Sample {
     fn p99(&self) -> f64 {
         self.percentile_ms(99.0)
     }
-}
 
-/// Runs `once` WARMUP times untimed, then N times timed; `once` gets the iteration's number.
-async fn sample(
-    what: &str,
-    mut once: impl AsyncFnMut(u64) -> anyhow::Result<()>,
-) -> anyhow::Result<Sample> {
-    progress(&format!("{what}: {WARMUP} warm-up runs, then {N} timed"));
-    let mut times = Vec::with_capacity(N);
-    for i in 0..(WARMUP + N) {
-        let start = Instant::now();
-        tokio::time::timeout(RUN_TIMEOUT, once(i as u64))
-            .await
-            .map_err(|_| anyhow!("{what}: run {i} got no Done within {RUN_TIMEOUT:?}"))?
-            .with_context(|| format!("{what}: run {i}"))?;
-        let elapsed = start.elapsed();
-        if i >= WARMUP {
-            times.push(elapsed);
+    /// Runs `once` `warmup` times untimed, then `count` times timed.
+    async fn take(
+        &mut self,
+        what: &str,
+        warmup: usize,
+        count: usize,
+        mut once: impl AsyncFnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for i in 0..(warmup + count) {
+            let start = Instant::now();
+            tokio::time::timeout(RUN_TIMEOUT, once())
+                .await
+                .map_err(|_| anyhow!("{what}: a run got no Done within {RUN_TIMEOUT:?}"))?
+                .with_context(|| format!("{what}: run {i} of a round"))?;
+            let elapsed = start.elapsed();
+            if i >= warmup {
+                self.0.push(elapsed);
+            }
         }
+        Ok(())
     }
-    Ok(Sample(times))
 }
 
 fn check_status(status: RunStatus) -> anyhow::Result<()> {
@@ -149,15 +151,87 @@ fn check_status(status: RunStatus) -> anyhow::Result<()> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Airlock: a real node process, reached over QUIC and WebSocket
+/// One way of running code, and its times.
+struct Contender {
+    label: &'static str,
+    way: Way,
+    sample: Sample,
+}
 
-struct NodeFigures {
+enum Way {
+    /// A client of the node process; a fresh connection each round, closed after it, so only
+    /// one client is connected at a time (every client of a document sees every run's
+    /// messages, which would bill the others' traffic to the one being timed).
+    Node(Target),
+    /// The in-process `KernelBridge`.
+    Direct,
+}
+
+/// Everything measured against Airlock itself.
+struct Measured {
     quic: Sample,
     ws_binary: Sample,
     ws_json: Sample,
+    direct: Sample,
     memory: Memory,
 }
+
+/// The contenders take turns: ROUNDS rounds, each contender timing N / ROUNDS runs per round,
+/// the order rotating every round, so that load from elsewhere on the machine falls on all of
+/// them alike instead of on whichever ran while it lasted.
+async fn interleave(
+    contenders: &mut [Contender],
+    token: &str,
+    bridge: &KernelBridge,
+    events: &mut UnboundedReceiver<KernelEvent>,
+) -> anyhow::Result<()> {
+    let mut next_run = 0u64;
+    for round in 0..ROUNDS {
+        progress(&format!("round {}/{ROUNDS}", round + 1));
+        let warmup = if round == 0 { WARMUP } else { REWARM };
+        let count = contenders.len();
+        for k in 0..count {
+            let Contender { label, way, sample } = &mut contenders[(round + k) % count];
+            match way {
+                Way::Node(target) => {
+                    let mut client = Client::connect(target, token)
+                        .await
+                        .with_context(|| format!("{label}: connecting"))?;
+                    let taken = sample
+                        .take(label, warmup, N / ROUNDS, async || {
+                            let report = client.run(CODE, |_| {}).await?;
+                            check_status(report.done.status)
+                        })
+                        .await;
+                    client.close().await;
+                    taken?;
+                }
+                Way::Direct => {
+                    sample
+                        .take(label, warmup, N / ROUNDS, async || {
+                            next_run += 1;
+                            let run = RunId(next_run);
+                            bridge.execute(run, CODE, true)?;
+                            loop {
+                                match events.recv().await {
+                                    Some(KernelEvent::Done {
+                                        run: done, status, ..
+                                    }) if done == run => return check_status(status),
+                                    Some(_) => {}
+                                    None => bail!("the kernel bridge closed its event stream"),
+                                }
+                            }
+                        })
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Airlock: a real node process reached over QUIC and WebSocket, and the in-process floor
 
 struct Memory {
     node_rss_mb: f64,
@@ -169,7 +243,8 @@ struct Memory {
 /// The node's last stderr lines, for errors.
 type LogTail = Arc<Mutex<VecDeque<String>>>;
 
-async fn node_rtts(python: &Path, scratch: &Path) -> anyhow::Result<NodeFigures> {
+/// Starts the node, measures, and stops the node again, also when measuring failed.
+async fn measure(python: &Path, scratch: &Path) -> anyhow::Result<Measured> {
     let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let pem_path = scratch.join("token-verifying.pem");
     let pem = token::verifying_key_to_pem(&signing.verifying_key())?;
@@ -205,18 +280,21 @@ async fn node_rtts(python: &Path, scratch: &Path) -> anyhow::Result<NodeFigures>
         .spawn()
         .context("starting `airlock node`")?;
     let log: LogTail = Arc::default();
-    let measured = match wait_until_serving(&mut child, &log).await {
-        Ok(()) => measure_node(&child, &connect_file, &token).await,
-        Err(err) => Err(err),
-    };
+    let measured = async {
+        wait_until_serving(&mut child, &log).await?;
+        let node_pid = child.id().context("the node has no pid")?;
+        measure_with_node(node_pid, &connect_file, &token, python, scratch).await
+    }
+    .await;
     let stopped = stop_node(child).await;
-    let tail = log
-        .lock()
-        .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
-        .unwrap_or_default();
-    let figures = measured.with_context(|| format!("the node's last words:\n{tail}"))?;
-    stopped.with_context(|| format!("the node's last words:\n{tail}"))?;
-    Ok(figures)
+    let tail = || {
+        log.lock()
+            .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    };
+    let measured = measured.with_context(|| format!("the node's last words:\n{}", tail()))?;
+    stopped.with_context(|| format!("the node's last words:\n{}", tail()))?;
+    Ok(measured)
 }
 
 /// Reads the node's stderr until it says it is serving, then keeps draining it in the
@@ -261,11 +339,15 @@ async fn wait_until_serving(child: &mut Child, log: &LogTail) -> anyhow::Result<
     Ok(())
 }
 
-async fn measure_node(
-    child: &Child,
+/// With the node serving: starts the in-process bridge, interleaves all four contenders, reads
+/// the node's memory, and shuts the bridge down again.
+async fn measure_with_node(
+    node_pid: u32,
     connect_file: &Path,
     token: &str,
-) -> anyhow::Result<NodeFigures> {
+    python: &Path,
+    scratch: &Path,
+) -> anyhow::Result<Measured> {
     let info: Value = serde_json::from_slice(
         &std::fs::read(connect_file)
             .with_context(|| format!("reading the connect file {}", connect_file.display()))?,
@@ -277,58 +359,66 @@ async fn measure_node(
             .with_context(|| format!("the connect file has no {name:?}: {info}"))
     };
     let quic_addr: SocketAddr = field("quic")?.parse().context("the connect file's quic")?;
-    let targets = [
-        (
+    let contender = |label, way| Contender {
+        label,
+        way,
+        sample: Sample::default(),
+    };
+    let mut contenders = [
+        contender(
             "Airlock, QUIC",
-            Target::Quic {
+            Way::Node(Target::Quic {
                 addr: quic_addr,
                 server_name: "localhost".into(),
                 trust: Trust::Fingerprint(field("fingerprint")?.to_owned()),
-            },
+            }),
         ),
-        (
+        contender(
             "Airlock, WebSocket (binary)",
-            Target::WebSocket {
+            Way::Node(Target::WebSocket {
                 url: field("websocket")?.to_owned(),
                 json: false,
-            },
+            }),
         ),
-        (
+        contender(
             "Airlock, WebSocket (JSON)",
-            Target::WebSocket {
+            Way::Node(Target::WebSocket {
                 url: field("websocket")?.to_owned(),
                 json: true,
-            },
+            }),
         ),
+        contender("direct ZeroMQ, Rust (KernelBridge in-process)", Way::Direct),
     ];
-    let mut samples = Vec::new();
-    for (what, target) in &targets {
-        let mut client = Client::connect(target, token)
-            .await
-            .with_context(|| format!("{what}: connecting"))?;
-        let times = sample(what, async |_| {
-            let report = client.run(CODE, |_| {}).await?;
-            check_status(report.done.status)
-        })
-        .await?;
-        client.close().await;
-        samples.push(times);
-    }
-    let [quic, ws_binary, ws_json]: [Sample; 3] = samples
-        .try_into()
-        .map_err(|_| anyhow!("expected three samples"))?;
 
-    let node_pid = child.id().context("the node has no pid")?;
+    progress("starting a kernel in-process through KernelBridge (the direct ZeroMQ floor)");
+    let runtime_dir = scratch.join("direct");
+    std::fs::create_dir_all(&runtime_dir)
+        .with_context(|| format!("making {}", runtime_dir.display()))?;
+    let (bridge, mut events) =
+        KernelBridge::start(KernelConfig::new(python.to_owned(), runtime_dir))
+            .await
+            .context("starting a kernel through KernelBridge")?;
+    progress(&format!(
+        "{} contenders: {WARMUP} warm-up runs each, then {N} timed in {ROUNDS} interleaved rounds \
+         ({REWARM} more warm-up runs each later round)",
+        contenders.len()
+    ));
+    let taken = interleave(&mut contenders, token, &bridge, &mut events).await;
+    bridge.shutdown().await;
+    taken?;
+
     let (node_rss_mb, node_peak_mb) =
         rss_mb(node_pid).with_context(|| format!("reading /proc/{node_pid}/status of the node"))?;
     let kernel_pid = kernel_of(node_pid);
     let kernel_rss_mb = kernel_pid
         .and_then(|pid| rss_mb(pid).ok())
         .map(|(rss, _)| rss);
-    Ok(NodeFigures {
+    let [quic, ws_binary, ws_json, direct] = contenders.map(|contender| contender.sample);
+    Ok(Measured {
         quic,
         ws_binary,
         ws_json,
+        direct,
         memory: Memory {
             node_rss_mb,
             node_peak_mb,
@@ -436,35 +526,6 @@ fn children_of(parent: u32) -> Vec<u32> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The floor: the same kind of kernel, driven in-process through KernelBridge
-
-async fn direct_rtts(python: &Path, scratch: &Path) -> anyhow::Result<Sample> {
-    let runtime_dir = scratch.join("direct");
-    std::fs::create_dir_all(&runtime_dir)
-        .with_context(|| format!("making {}", runtime_dir.display()))?;
-    let (bridge, mut events) =
-        KernelBridge::start(KernelConfig::new(python.to_owned(), runtime_dir))
-            .await
-            .context("starting a kernel through KernelBridge")?;
-    let measured = sample("direct ZeroMQ, Rust", async |i| {
-        let run = RunId(i + 1);
-        bridge.execute(run, CODE, true)?;
-        loop {
-            match events.recv().await {
-                Some(KernelEvent::Done {
-                    run: done, status, ..
-                }) if done == run => return check_status(status),
-                Some(_) => {}
-                None => bail!("the kernel bridge closed its event stream"),
-            }
-        }
-    })
-    .await;
-    bridge.shutdown().await;
-    measured
-}
-
-// ---------------------------------------------------------------------------------------------
 // Peers: plain Jupyter on this machine, in this run
 
 /// The peer script's figures, or why there are none.
@@ -540,26 +601,25 @@ fn peer_number(peer: &Value, path: &[&str]) -> Option<f64> {
 
 struct Report {
     python: PathBuf,
-    node: NodeFigures,
-    direct: Sample,
+    measured: Measured,
     peer: PeerFigures,
 }
 
 impl Report {
     fn quic_added_ms(&self) -> f64 {
-        self.node.quic.p50() - self.direct.p50()
+        self.measured.quic.p50() - self.measured.direct.p50()
     }
 
     fn ws_added_ms(&self) -> f64 {
-        self.node.ws_binary.p50() - self.direct.p50()
+        self.measured.ws_binary.p50() - self.measured.direct.p50()
     }
 
     fn json_added_ms(&self) -> f64 {
-        self.node.ws_json.p50() - self.direct.p50()
+        self.measured.ws_json.p50() - self.measured.direct.p50()
     }
 
     fn node_memory_met(&self) -> bool {
-        self.node.memory.node_rss_mb <= TARGET_NODE_RSS_MB
+        self.measured.memory.node_rss_mb <= TARGET_NODE_RSS_MB
     }
 
     /// The peer's (p50, p99) in ms for `key`, from its microseconds.
@@ -573,7 +633,9 @@ impl Report {
 
     fn print_table(&self) {
         const LABEL: usize = 56;
-        let header = format!("execute round trip of `{CODE}` (N={N}, after {WARMUP} warm-up)");
+        let header = format!(
+            "execute round trip of `{CODE}` (N={N} in {ROUNDS} interleaved rounds, after {WARMUP} warm-up)"
+        );
         println!();
         println!("{header:<LABEL$} {:>10} {:>10}", "p50", "p99");
         let row = |label: &str, p50: f64, p99: f64| {
@@ -584,21 +646,25 @@ impl Report {
                 w = LABEL - 2
             );
         };
-        row("Airlock, QUIC", self.node.quic.p50(), self.node.quic.p99());
+        row(
+            "Airlock, QUIC",
+            self.measured.quic.p50(),
+            self.measured.quic.p99(),
+        );
         row(
             "Airlock, WebSocket (binary)",
-            self.node.ws_binary.p50(),
-            self.node.ws_binary.p99(),
+            self.measured.ws_binary.p50(),
+            self.measured.ws_binary.p99(),
         );
         row(
             "Airlock, WebSocket (JSON)",
-            self.node.ws_json.p50(),
-            self.node.ws_json.p99(),
+            self.measured.ws_json.p50(),
+            self.measured.ws_json.p99(),
         );
         row(
             "direct ZeroMQ, Rust (KernelBridge in-process)",
-            self.direct.p50(),
-            self.direct.p99(),
+            self.measured.direct.p50(),
+            self.measured.direct.p99(),
         );
         for (label, key) in [
             (
@@ -630,7 +696,7 @@ impl Report {
             self.json_added_ms(),
         );
 
-        let memory = &self.node.memory;
+        let memory = &self.measured.memory;
         let kernel = match memory.kernel_rss_mb {
             Some(rss) => format!("its kernel {rss:.1} MB RSS"),
             None => "its kernel's RSS not found (no ipykernel_launcher child)".to_owned(),
@@ -676,17 +742,19 @@ impl Report {
             Some((p50, p99)) => json!({ "p50_ms": round3(p50), "p99_ms": round3(p99) }),
             None => Value::Null,
         };
-        let memory = &self.node.memory;
+        let memory = &self.measured.memory;
         json!({
             "bench": "exec_rtt",
             "code": CODE,
             "n": N,
             "warmup": WARMUP,
+            "rounds": ROUNDS,
+            "rewarm_per_round": REWARM,
             "exec_rtt": {
-                "airlock_quic": rtt(&self.node.quic),
-                "airlock_websocket_binary": rtt(&self.node.ws_binary),
-                "airlock_websocket_json": rtt(&self.node.ws_json),
-                "direct_zmq_rust": rtt(&self.direct),
+                "airlock_quic": rtt(&self.measured.quic),
+                "airlock_websocket_binary": rtt(&self.measured.ws_binary),
+                "airlock_websocket_json": rtt(&self.measured.ws_json),
+                "direct_zmq_rust": rtt(&self.measured.direct),
                 "peer_direct_zmq_python": peer_rtt("raw_exec_rtt_us"),
                 "peer_kernel_gateway_websocket": peer_rtt("kg_exec_rtt_us"),
             },

@@ -218,6 +218,9 @@ pub enum KernelStatus {
     Dead {
         cause: DeathCause,
     },
+    /// A state from a newer protocol version.
+    #[serde(other)]
+    Unknown,
 }
 
 impl KernelStatus {
@@ -229,6 +232,7 @@ impl KernelStatus {
             KernelStatus::Busy => KernelState::Busy,
             KernelStatus::Restarting => KernelState::Restarting,
             KernelStatus::Dead { .. } => KernelState::Dead,
+            KernelStatus::Unknown => KernelState::Unknown,
         }
     }
 }
