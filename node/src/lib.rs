@@ -125,10 +125,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         Some(endpoint) => {
             let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
                 what: "QUIC",
-                addr: config.quic_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                addr: config
+                    .quic_listen
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                 source,
             })?;
-            let serve = quic::serve(endpoint.clone(), Arc::clone(&gate), hub.clone(), config.frame_limit);
+            let serve = quic::serve(
+                endpoint.clone(),
+                Arc::clone(&gate),
+                hub.clone(),
+                config.frame_limit,
+            );
             tasks.push(tokio::spawn(serve));
             Some(addr)
         }
@@ -141,7 +148,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 addr: config.ws_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                 source,
             })?;
-            let serve = websocket::serve(listener, Arc::clone(&gate), hub.clone(), config.frame_limit);
+            let serve =
+                websocket::serve(listener, Arc::clone(&gate), hub.clone(), config.frame_limit);
             tasks.push(tokio::spawn(serve));
             Some(addr)
         }

@@ -120,7 +120,10 @@ impl FrameWriter for QuicWriter {
     async fn close(&mut self, code: Option<ErrorCode>) {
         let _ = self.send.finish();
         // Let the error frame reach the client before the connection goes.
-        if tokio::time::timeout(LINGER, self.send.stopped()).await.is_err() {
+        if tokio::time::timeout(LINGER, self.send.stopped())
+            .await
+            .is_err()
+        {
             warn!("client did not acknowledge the closing frame in time");
         }
         let (number, reason) = match code {

@@ -54,8 +54,7 @@ pub trait FrameWriter: Send {
 
     /// Flushes and closes the connection; `code` is the fatal error that ended it, if one did,
     /// for transports that carry a close code.
-    fn close(&mut self, code: Option<ErrorCode>)
-    -> impl std::future::Future<Output = ()> + Send;
+    fn close(&mut self, code: Option<ErrorCode>) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// Why a message could not be sent.
@@ -93,7 +92,11 @@ impl Gate {
                 )
             })?;
         let claims = token::verify(&hello.token, &self.token_key, now_unix)
-            .and_then(|claims| claims.check_for(&self.document, self.epoch).map(|()| claims))
+            .and_then(|claims| {
+                claims
+                    .check_for(&self.document, self.epoch)
+                    .map(|()| claims)
+            })
             .map_err(|err| {
                 let code = match err {
                     TokenError::Malformed(_) | TokenError::BadSignature => ErrorCode::TokenInvalid,
@@ -295,7 +298,11 @@ impl Relay<'_> {
             ClientMessage::Interrupt | ClientMessage::Restart => {
                 let restart = matches!(message, ClientMessage::Restart);
                 if !self.role.can_execute() {
-                    let what = if restart { "restart the kernel" } else { "interrupt the kernel" };
+                    let what = if restart {
+                        "restart the kernel"
+                    } else {
+                        "interrupt the kernel"
+                    };
                     return Some(ServerMessage::Error(needs_editor(what)));
                 }
                 let result = if restart {

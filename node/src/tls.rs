@@ -52,7 +52,8 @@ impl NodeCertificate {
     }
 
     fn self_signed(names: &[String]) -> Result<Self, TlsError> {
-        let certified = rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
+        let certified =
+            rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
         let leaf = certified.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             certified.signing_key.serialize_der(),

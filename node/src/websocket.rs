@@ -36,6 +36,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::NodeError> {
 }
 
 /// Accepts connections until the task is aborted.
+// The handshake callback's error type is tungstenite's HTTP response; its size is not ours.
+#[allow(clippy::result_large_err)]
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>, hub: HubHandle, limit: FrameLimit) {
     loop {
         let (stream, peer) = match listener.accept().await {

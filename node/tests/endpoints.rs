@@ -3,6 +3,8 @@
 //! Each test starts its own node (about a second for the kernel) and waits on events, never on
 //! sleeps. The Python comes from `AIRLOCK_PYTHON` if set, else the managed environment.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -94,7 +96,10 @@ impl Fixture {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn run(client: &mut Client, code: &str) -> RunReport {
@@ -105,7 +110,10 @@ async fn run(client: &mut Client, code: &str) -> RunReport {
 }
 
 /// The next message matching `pick`, skipping others.
-async fn next_matching<T>(client: &mut Client, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
+async fn next_matching<T>(
+    client: &mut Client,
+    mut pick: impl FnMut(ServerMessage) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -131,9 +139,15 @@ fn text_plain(output: &Output) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_reach_every_client_over_both_transports() {
     let fx = start_node(0, FrameLimit::default()).await;
-    let mut quic = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
-    let mut ws = Client::connect(&fx.ws(false), &fx.editor_token()).await.unwrap();
-    let mut browser = Client::connect(&fx.ws(true), &fx.editor_token()).await.unwrap();
+    let mut quic = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
+    let mut ws = Client::connect(&fx.ws(false), &fx.editor_token())
+        .await
+        .unwrap();
+    let mut browser = Client::connect(&fx.ws(true), &fx.editor_token())
+        .await
+        .unwrap();
     assert_eq!(quic.welcome().document, DOC);
     assert_eq!(quic.welcome().role, Role::Editor);
     assert_eq!(quic.welcome().version, airlock_protocol::PROTOCOL_VERSION);
@@ -152,8 +166,14 @@ async fn outputs_reach_every_client_over_both_transports() {
             _ => None,
         })
         .collect();
-    assert!(streams.contains(&(StreamName::Stdout, "out\n")), "{streams:?}");
-    assert!(streams.contains(&(StreamName::Stderr, "err\n")), "{streams:?}");
+    assert!(
+        streams.contains(&(StreamName::Stdout, "out\n")),
+        "{streams:?}"
+    );
+    assert!(
+        streams.contains(&(StreamName::Stderr, "err\n")),
+        "{streams:?}"
+    );
     let display = report
         .outputs
         .iter()
@@ -186,7 +206,11 @@ async fn outputs_reach_every_client_over_both_transports() {
     let report = run(&mut browser, "1/0").await;
     assert_eq!(report.done.status, RunStatus::Error);
     match &report.outputs[..] {
-        [Output::Error { ename, traceback, .. }] => {
+        [
+            Output::Error {
+                ename, traceback, ..
+            },
+        ] => {
             assert_eq!(ename, "ZeroDivisionError");
             assert!(!traceback.is_empty());
         }
@@ -204,8 +228,12 @@ async fn outputs_reach_every_client_over_both_transports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_restart_and_a_killed_kernel() {
     let fx = start_node(0, FrameLimit::default()).await;
-    let mut alice = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
-    let mut bob = Client::connect(&fx.ws(false), &fx.editor_token()).await.unwrap();
+    let mut alice = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
+    let mut bob = Client::connect(&fx.ws(false), &fx.editor_token())
+        .await
+        .unwrap();
 
     // A busy loop stops within a second of the interrupt, and the kernel stays usable.
     run(&mut alice, "x = 1").await;
@@ -215,7 +243,10 @@ async fn interrupt_restart_and_a_killed_kernel() {
         .unwrap();
     // The loop has started once its line is out.
     next_matching(&mut bob, |m| match m {
-        ServerMessage::Output(out) => matches!(out.output, Output::Stream { ref text, .. } if text == "looping\n").then_some(()),
+        ServerMessage::Output(out) => {
+            matches!(out.output, Output::Stream { ref text, .. } if text == "looping\n")
+                .then_some(())
+        }
         _ => None,
     })
     .await;
@@ -238,18 +269,26 @@ async fn interrupt_restart_and_a_killed_kernel() {
         matches!(m, ServerMessage::Kernel(KernelStatus::Restarting)).then_some(())
     })
     .await;
-    next_matching(&mut bob, |m| matches!(m, ServerMessage::Kernel(KernelStatus::Idle)).then_some(()))
-        .await;
+    next_matching(&mut bob, |m| {
+        matches!(m, ServerMessage::Kernel(KernelStatus::Idle)).then_some(())
+    })
+    .await;
     let report = run(&mut alice, "x").await;
     assert_eq!(report.done.status, RunStatus::Error);
     assert!(matches!(&report.outputs[0], Output::Error { ename, .. } if ename == "NameError"));
 
     // SIGKILL the kernel: every client is told why within a second, the node stays up.
     let report = run(&mut alice, "import os; os.getpid()").await;
-    let pid: i32 = text_plain(report.outputs.last().unwrap()).unwrap().parse().unwrap();
-    let killed = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+    let pid: i32 = text_plain(report.outputs.last().unwrap())
+        .unwrap()
+        .parse()
         .unwrap();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     for client in [&mut alice, &mut bob] {
         let cause = next_matching(client, |m| match m {
             ServerMessage::Kernel(KernelStatus::Dead { cause }) => Some(cause),
@@ -265,7 +304,10 @@ async fn interrupt_restart_and_a_killed_kernel() {
         );
     }
     let noticed = killed.elapsed();
-    assert!(noticed < Duration::from_secs(1), "death noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(1),
+        "death noticed after {noticed:?}"
+    );
     match alice.run("1", |_| {}).await {
         Err(ClientError::Refused(reply)) => {
             assert_eq!(reply.code, ErrorCode::KernelUnavailable);
@@ -274,7 +316,9 @@ async fn interrupt_restart_and_a_killed_kernel() {
         other => panic!("expected kernel_unavailable, got {other:?}"),
     }
     // A newcomer can still connect, and a restart brings a working kernel.
-    let mut carol = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
+    let mut carol = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
     assert_eq!(carol.welcome().kernel, airlock_protocol::KernelState::Dead);
     carol.send(&ClientMessage::Restart).await.unwrap();
     next_matching(&mut carol, |m| {
@@ -302,10 +346,26 @@ async fn refusals_are_typed_and_explained() {
     );
     let cases = [
         (forged, ErrorCode::TokenInvalid, "signature"),
-        (fx.token(DOC, Role::Editor, 5, now() - 10), ErrorCode::TokenExpired, "expired"),
-        (fx.token("another-doc", Role::Editor, 5, now() + 600), ErrorCode::WrongDocument, "another-doc"),
-        (fx.token(DOC, Role::Editor, 4, now() + 600), ErrorCode::StaleEpoch, "epoch 4"),
-        ("not a token".to_owned(), ErrorCode::TokenInvalid, "malformed"),
+        (
+            fx.token(DOC, Role::Editor, 5, now() - 10),
+            ErrorCode::TokenExpired,
+            "expired",
+        ),
+        (
+            fx.token("another-doc", Role::Editor, 5, now() + 600),
+            ErrorCode::WrongDocument,
+            "another-doc",
+        ),
+        (
+            fx.token(DOC, Role::Editor, 4, now() + 600),
+            ErrorCode::StaleEpoch,
+            "epoch 4",
+        ),
+        (
+            "not a token".to_owned(),
+            ErrorCode::TokenInvalid,
+            "malformed",
+        ),
     ];
     for (token, code, words) in cases {
         for target in [fx.quic(), fx.ws(false), fx.ws(true)] {
@@ -313,7 +373,11 @@ async fn refusals_are_typed_and_explained() {
                 Err(ClientError::Refused(reply)) => {
                     assert_eq!(reply.code, code, "{target:?}");
                     assert!(reply.fatal);
-                    assert!(reply.message.contains(words), "{:?} lacks {words:?}", reply.message);
+                    assert!(
+                        reply.message.contains(words),
+                        "{:?} lacks {words:?}",
+                        reply.message
+                    );
                 }
                 other => panic!("{target:?} with {code:?}: expected a refusal, got {other:?}"),
             }
@@ -342,8 +406,14 @@ async fn refusals_are_typed_and_explained() {
     })
     .await;
     assert_eq!(reply.code, ErrorCode::Forbidden);
-    viewer.send(&ClientMessage::Ping { nonce: 9 }).await.unwrap();
-    next_matching(&mut viewer, |m| matches!(m, ServerMessage::Pong { nonce: 9 }).then_some(())).await;
+    viewer
+        .send(&ClientMessage::Ping { nonce: 9 })
+        .await
+        .unwrap();
+    next_matching(&mut viewer, |m| {
+        matches!(m, ServerMessage::Pong { nonce: 9 }).then_some(())
+    })
+    .await;
 
     // A hello from the future, and a request before any hello.
     let mut raw = raw_ws(&fx).await;
@@ -362,7 +432,9 @@ async fn refusals_are_typed_and_explained() {
 
 /// A WebSocket connection that has not said hello, for sending bytes of our choosing.
 async fn raw_ws(fx: &Fixture) -> Client {
-    airlock_client::Client::connect_without_hello(&fx.ws(false)).await.unwrap()
+    airlock_client::Client::connect_without_hello(&fx.ws(false))
+        .await
+        .unwrap()
 }
 
 async fn expect_fatal(client: &mut Client) -> ErrorCode {
@@ -389,20 +461,36 @@ async fn expect_fatal(client: &mut Client) -> ErrorCode {
 async fn bad_bytes_close_only_that_connection() {
     let limit = FrameLimit::new(64 * 1024);
     let fx = start_node(0, limit).await;
-    let mut healthy = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
+    let mut healthy = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
 
     // Garbage after a good hello, over QUIC and both WebSocket forms.
     for target in [fx.quic(), fx.ws(false)] {
         let mut client = Client::connect(&target, &fx.editor_token()).await.unwrap();
-        client.send_raw(&[0, 0, 0, 3, 0xc1, 0xff, 0x00]).await.unwrap();
-        assert_eq!(expect_fatal(&mut client).await, ErrorCode::BadFrame, "{target:?}");
+        client
+            .send_raw(&[0, 0, 0, 3, 0xc1, 0xff, 0x00])
+            .await
+            .unwrap();
+        assert_eq!(
+            expect_fatal(&mut client).await,
+            ErrorCode::BadFrame,
+            "{target:?}"
+        );
     }
     // A frame header announcing more than the limit is refused before its payload arrives.
-    let mut client = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
-    client.send_raw(&(64 * 1024 + 1u32).to_be_bytes()).await.unwrap();
+    let mut client = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
+    client
+        .send_raw(&(64 * 1024 + 1u32).to_be_bytes())
+        .await
+        .unwrap();
     assert_eq!(expect_fatal(&mut client).await, ErrorCode::FrameTooLarge);
     // An oversized WebSocket message is refused by the WebSocket layer's own limit.
-    let mut client = Client::connect(&fx.ws(false), &fx.editor_token()).await.unwrap();
+    let mut client = Client::connect(&fx.ws(false), &fx.editor_token())
+        .await
+        .unwrap();
     let huge = vec![0u8; 200 * 1024];
     client.send_raw(&huge).await.unwrap();
     let closed = tokio::time::timeout(WAIT, async {
@@ -426,7 +514,9 @@ async fn bad_bytes_close_only_that_connection() {
     raw.send_raw(b"\x00\x00\x00\x04junk").await.unwrap();
     assert_eq!(expect_fatal(&mut raw).await, ErrorCode::BadFrame);
     // Text that is not JSON, and an HTTP request line read as a frame header (1.2 GB).
-    let mut raw = airlock_client::Client::connect_without_hello(&fx.ws(true)).await.unwrap();
+    let mut raw = airlock_client::Client::connect_without_hello(&fx.ws(true))
+        .await
+        .unwrap();
     raw.send(&ClientMessage::Ping { nonce: 1 }).await.unwrap();
     assert_eq!(expect_fatal(&mut raw).await, ErrorCode::HelloExpected);
     let mut raw = raw_ws(&fx).await;
@@ -443,11 +533,19 @@ async fn bad_bytes_close_only_that_connection() {
 async fn shutdown_leaves_no_process_and_no_socket_file() {
     let fx = start_node(0, FrameLimit::default()).await;
     let pid = fx.node.kernel_pid.expect("kernel pid");
-    let mut client = Client::connect(&fx.quic(), &fx.editor_token()).await.unwrap();
+    let mut client = Client::connect(&fx.quic(), &fx.editor_token())
+        .await
+        .unwrap();
     run(&mut client, "x = 1").await;
-    assert!(std::fs::read_dir(fx.runtime.path()).unwrap().count() > 0, "kernel runtime files exist while running");
+    assert!(
+        std::fs::read_dir(fx.runtime.path()).unwrap().count() > 0,
+        "kernel runtime files exist while running"
+    );
     fx.node.shutdown().await;
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "kernel {pid} still running");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "kernel {pid} still running"
+    );
     let left: Vec<_> = std::fs::read_dir(fx.runtime.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     // The client learns the node went away.

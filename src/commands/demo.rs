@@ -153,10 +153,10 @@ async fn tour(
     // Interrupt once the loop has announced itself.
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), grace.recv()).await??;
-        if let ServerMessage::Output(out) = message {
-            if matches!(out.output, Output::Stream { .. }) {
-                break;
-            }
+        if let ServerMessage::Output(out) = message
+            && matches!(out.output, Output::Stream { .. })
+        {
+            break;
         }
     }
     let t = Instant::now();
