@@ -97,6 +97,13 @@ impl Harness {
             .await
             .expect("no kernel event in time")
             .expect("event stream ended");
+        // Runs are reported in order: nothing of a run before every earlier run is done.
+        if let KernelEvent::Output { run, .. } | KernelEvent::Done { run, .. } = &event {
+            assert!(
+                (1..run.0).all(|earlier| self.finished.contains(&RunId(earlier))),
+                "{event:?} arrived before every earlier run was done"
+            );
+        }
         match &event {
             KernelEvent::Output { run, output } => {
                 assert!(
@@ -276,7 +283,7 @@ async fn outputs_of_every_kind_precede_done_and_shutdown_leaves_nothing() {
         other => panic!("expected one error, got {other:?}"),
     }
 
-    // Runs queued together all finish, each after its own outputs.
+    // Runs queued together finish in order, each after its own outputs.
     let queued: Vec<RunId> = (0..5)
         .map(|i| kernel.execute(&format!("print({i})")))
         .collect();
@@ -300,6 +307,7 @@ async fn interrupt_ends_a_busy_loop_within_a_second_and_restart_forgets_state() 
     kernel.bridge.interrupt().unwrap();
     let interrupted = kernel.finish(spinning).await;
     let took = interrupted_at.elapsed();
+    println!("interrupt to Done: {took:?}");
     assert!(took < Duration::from_secs(1), "interrupt took {took:?}");
     assert_eq!(interrupted.status, RunStatus::Error);
     assert!(
@@ -357,6 +365,7 @@ async fn killed_or_silent_kernels_are_reported_dead_within_a_second_and_restart_
     signal(first_pid, Signal::SIGKILL);
     let status = kernel.next_lifecycle_status().await;
     let took = killed_at.elapsed();
+    println!("SIGKILL to Dead: {took:?}");
     assert_eq!(
         status,
         KernelStatus::Dead {
@@ -395,6 +404,7 @@ async fn killed_or_silent_kernels_are_reported_dead_within_a_second_and_restart_
     let stopped_at = Instant::now();
     let status = kernel.next_lifecycle_status().await;
     let took = stopped_at.elapsed();
+    println!("SIGSTOP to Dead: {took:?}");
     assert!(
         matches!(
             status,

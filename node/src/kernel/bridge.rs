@@ -106,8 +106,9 @@ impl KernelBridge {
     }
 
     /// Queues `code` as run `run` and returns at once; its outputs and its `Done` come as
-    /// events. Fails only when the bridge has shut down. While the kernel is dead the run ends at
-    /// once as `Aborted`; during a restart it waits for the new kernel.
+    /// events, after the `Done` of every run queued before it. Fails only when the bridge has
+    /// shut down. While the kernel is dead the run ends at once as `Aborted`; during a restart it
+    /// waits for the new kernel.
     pub fn execute(&self, run: RunId, code: &str, store_history: bool) -> Result<(), KernelError> {
         self.commands
             .send(Command::Execute {

@@ -12,6 +12,10 @@
 //!   `status: idle` have arrived. Iopub and shell are separate sockets with no ordering between
 //!   them, and the idle status is the kernel's last iopub message for a request, so this is what
 //!   guarantees every output of a run precedes its `Done`.
+//! - Runs are reported in the order they were sent: a run's outputs and `Done` come after the
+//!   `Done` of every earlier run. The kernel runs requests in order, but the shell reply of one
+//!   run can arrive after the first iopub output of the next; such early outputs are held (only
+//!   in that window) until the earlier run is done.
 //! - Every run handed to [`Session::execute`] gets exactly one `Done`: from the kernel's reply,
 //!   or `Aborted` when the kernel dies, is restarted or shut down.
 //! - Messages for runs that are no longer pending (after an abort) are dropped, so nothing of a
@@ -21,7 +25,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use airlock_protocol::{DeathCause, KernelStatus, RunId, RunStatus};
+use airlock_protocol::{DeathCause, KernelStatus, Output, RunId, RunStatus};
 
 use super::KernelEvent;
 use super::wire::{Activity, Body, Incoming};
@@ -61,6 +65,9 @@ struct PendingRun {
     reply: Option<(RunStatus, Option<u32>)>,
     /// Whether iopub said `idle` for this request.
     idle: bool,
+    /// Outputs that arrived while an earlier run was still pending; released when this run
+    /// reaches the front. Empty (and unallocated) but for that short window.
+    held: Vec<Output>,
 }
 
 impl Session {
@@ -120,6 +127,7 @@ impl Session {
             msg_id,
             reply: None,
             idle: false,
+            held: Vec::new(),
         });
         true
     }
@@ -129,11 +137,13 @@ impl Session {
         self.events.push_back(aborted(run));
     }
 
-    /// Sending `run`'s request failed, so the kernel will never answer it: done as `Aborted`.
+    /// Sending `run`'s request failed, so the kernel will never answer it: done as `Aborted`,
+    /// in its turn.
     pub fn send_failed(&mut self, run: RunId) {
-        if let Some(index) = self.runs.iter().position(|pending| pending.run == run) {
-            self.runs.remove(index);
-            self.events.push_back(aborted(run));
+        if let Some(failed) = self.runs.iter_mut().find(|pending| pending.run == run) {
+            failed.reply = Some((RunStatus::Aborted, None));
+            failed.idle = true;
+            self.finish_ready_runs();
         }
     }
 
@@ -178,14 +188,15 @@ impl Session {
             return;
         };
         match message.body {
-            Body::Output(output) => {
+            Body::Output(output) if index == 0 => {
                 let run = self.runs[index].run;
                 self.events.push_back(KernelEvent::Output { run, output });
             }
+            Body::Output(output) => self.runs[index].held.push(output),
             Body::Status(Activity::Busy) => self.set_status(KernelStatus::Busy),
             Body::Status(Activity::Idle) => {
                 self.runs[index].idle = true;
-                self.finish_if_complete(index);
+                self.finish_ready_runs();
                 self.set_status(KernelStatus::Idle);
             }
             Body::ExecuteReply {
@@ -193,7 +204,7 @@ impl Session {
                 execution_count,
             } => {
                 self.runs[index].reply = Some((status, execution_count));
-                self.finish_if_complete(index);
+                self.finish_ready_runs();
             }
             Body::Status(Activity::Other)
             | Body::KernelInfoReply
@@ -230,23 +241,44 @@ impl Session {
         self.events.pop_front()
     }
 
-    fn finish_if_complete(&mut self, index: usize) {
-        let pending = &self.runs[index];
-        let (true, Some((status, execution_count))) = (pending.idle, pending.reply) else {
-            return;
-        };
-        let run = pending.run;
-        self.runs.remove(index);
-        self.events.push_back(KernelEvent::Done {
-            run,
-            status,
-            execution_count,
-        });
+    /// Moves the front of the queue along: releases the outputs the front run held while it
+    /// waited behind earlier runs, and reports its `Done` once it has both its reply and its idle
+    /// status, then does the same for the next run.
+    fn finish_ready_runs(&mut self) {
+        while let Some(front) = self.runs.front_mut() {
+            if !front.held.is_empty() {
+                let run = front.run;
+                let held = std::mem::take(&mut front.held);
+                self.events.extend(
+                    held.into_iter()
+                        .map(|output| KernelEvent::Output { run, output }),
+                );
+            }
+            let (true, Some((status, execution_count))) = (front.idle, front.reply) else {
+                return;
+            };
+            let run = front.run;
+            self.runs.pop_front();
+            self.events.push_back(KernelEvent::Done {
+                run,
+                status,
+                execution_count,
+            });
+        }
     }
 
+    /// Ends every pending run as `Aborted`, in order, each after the outputs it was holding.
     fn abort_all(&mut self) {
-        self.events
-            .extend(self.runs.drain(..).map(|pending| aborted(pending.run)));
+        while let Some(pending) = self.runs.pop_front() {
+            let run = pending.run;
+            self.events.extend(
+                pending
+                    .held
+                    .into_iter()
+                    .map(|output| KernelEvent::Output { run, output }),
+            );
+            self.events.push_back(aborted(run));
+        }
     }
 
     fn set_status(&mut self, status: KernelStatus) {
@@ -269,7 +301,7 @@ fn aborted(run: RunId) -> KernelEvent {
 mod tests {
     use std::borrow::Cow;
 
-    use airlock_protocol::{Output, StreamName};
+    use airlock_protocol::StreamName;
 
     use super::*;
 
@@ -374,25 +406,103 @@ mod tests {
         assert_eq!(drain(&mut session), [done(7, RunStatus::Error, Some(4))]);
     }
 
+    fn output(run: u64, text: &str) -> KernelEvent {
+        KernelEvent::Output {
+            run: RunId(run),
+            output: Output::Stream {
+                name: StreamName::Stdout,
+                text: text.into(),
+            },
+        }
+    }
+
+    fn without_statuses(events: Vec<KernelEvent>) -> Vec<KernelEvent> {
+        events
+            .into_iter()
+            .filter(|event| !matches!(event, KernelEvent::Status(_)))
+            .collect()
+    }
+
     #[test]
-    fn queued_runs_finish_in_any_order_the_kernel_reports() {
+    fn a_late_reply_holds_the_next_runs_outputs_back() {
         let mut session = ready_session(Instant::now());
         session.execute(RunId(1), "a".into());
         session.execute(RunId(2), "b".into());
-        // The kernel aborted the second run after the first failed.
+        session.execute(RunId(3), "c".into());
+        session.handle_message(message("a", stdout("a1")));
+        session.handle_message(message("a", Body::Status(Activity::Idle)));
+        // Run 1's reply is still on its way when runs 2 and 3 already print and finish.
+        session.handle_message(message("b", stdout("b1")));
+        session.handle_message(message("b", reply(RunStatus::Ok, 2)));
+        session.handle_message(message("b", Body::Status(Activity::Idle)));
+        session.handle_message(message("c", stdout("c1")));
+        assert_eq!(without_statuses(drain(&mut session)), [output(1, "a1")]);
+        session.handle_message(message("a", reply(RunStatus::Ok, 1)));
+        assert_eq!(
+            without_statuses(drain(&mut session)),
+            [
+                done(1, RunStatus::Ok, Some(1)),
+                output(2, "b1"),
+                done(2, RunStatus::Ok, Some(2)),
+                output(3, "c1"),
+            ]
+        );
+        // Run 3 is at the front now: its outputs flow straight through.
+        session.handle_message(message("c", stdout("c2")));
+        assert_eq!(drain(&mut session), [output(3, "c2")]);
+    }
+
+    #[test]
+    fn runs_the_kernel_aborted_finish_in_order() {
+        let mut session = ready_session(Instant::now());
+        session.execute(RunId(1), "a".into());
+        session.execute(RunId(2), "b".into());
+        // The second run's abort reply overtakes the first run's error reply.
         session.handle_message(message("b", reply(RunStatus::Aborted, 0)));
+        session.handle_message(message("b", Body::Status(Activity::Idle)));
         session.handle_message(message("a", reply(RunStatus::Error, 1)));
         session.handle_message(message("a", Body::Status(Activity::Idle)));
-        session.handle_message(message("b", Body::Status(Activity::Idle)));
-        let dones: Vec<_> = drain(&mut session)
-            .into_iter()
-            .filter(|event| matches!(event, KernelEvent::Done { .. }))
-            .collect();
         assert_eq!(
-            dones,
+            without_statuses(drain(&mut session)),
             [
                 done(1, RunStatus::Error, Some(1)),
                 done(2, RunStatus::Aborted, Some(0))
+            ]
+        );
+    }
+
+    #[test]
+    fn held_outputs_are_delivered_before_an_abort() {
+        let mut session = ready_session(Instant::now());
+        session.execute(RunId(1), "a".into());
+        session.execute(RunId(2), "b".into());
+        session.handle_message(message("b", stdout("b1")));
+        session.died(DeathCause::Exited { code: 1 });
+        assert_eq!(
+            without_statuses(drain(&mut session)),
+            [
+                done(1, RunStatus::Aborted, None),
+                output(2, "b1"),
+                done(2, RunStatus::Aborted, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_send_at_the_front_lets_the_next_run_finish() {
+        let mut session = ready_session(Instant::now());
+        session.execute(RunId(1), "a".into());
+        session.execute(RunId(2), "b".into());
+        session.handle_message(message("b", stdout("b1")));
+        session.handle_message(message("b", reply(RunStatus::Ok, 1)));
+        session.handle_message(message("b", Body::Status(Activity::Idle)));
+        session.send_failed(RunId(1));
+        assert_eq!(
+            without_statuses(drain(&mut session)),
+            [
+                done(1, RunStatus::Aborted, None),
+                output(2, "b1"),
+                done(2, RunStatus::Ok, Some(1)),
             ]
         );
     }
@@ -475,9 +585,16 @@ mod tests {
         session.execute(RunId(2), "m2".into());
         session.send_failed(RunId(2));
         session.send_failed(RunId(99));
-        assert_eq!(drain(&mut session), [done(2, RunStatus::Aborted, None)]);
+        // Run 2 is over, but is reported only after run 1.
+        assert_eq!(drain(&mut session), []);
         session.shutting_down();
-        assert_eq!(drain(&mut session), [done(1, RunStatus::Aborted, None)]);
+        assert_eq!(
+            drain(&mut session),
+            [
+                done(1, RunStatus::Aborted, None),
+                done(2, RunStatus::Aborted, None)
+            ]
+        );
     }
 
     #[test]
