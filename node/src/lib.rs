@@ -7,14 +7,19 @@
 //! - [`hub`]: the document's single owner of the kernel; fans kernel events out to every session.
 //! - [`kernel`]: the kernel bridge — a real ipykernel over the Jupyter protocol on ZeroMQ IPC,
 //!   and the managed Python environment it runs in.
+//! - [`jail`]: the sandbox every kernel runs in — namespaces, a read-only root, cgroup limits,
+//!   seccomp, landlock, no capabilities.
 //! - [`tls`]: the node's certificate (self-signed with a printed fingerprint, or from files).
 //!
 //! [`start`] assembles them; [`RunningNode::shutdown`] takes them apart again, leaving no
 //! kernel process and no socket file behind.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the jail (and only the jail) must call the OS directly.
+#![deny(unsafe_code)]
 
+pub mod collab;
 pub mod document;
 pub mod hub;
+pub mod jail;
 pub mod kernel;
 pub mod quic;
 pub mod session;
@@ -56,7 +61,10 @@ pub struct NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("document id {0:?} is not valid: use 1 to 128 characters from A-Z a-z 0-9 . _ -")]
+    #[error(
+        "document id {0:?} is not valid: use 1 to 128 characters from A-Z a-z 0-9 . _ - \
+         (and not . or ..)"
+    )]
     BadDocumentId(String),
     #[error("enable at least one of QUIC and WebSocket")]
     NoEndpoint,
@@ -76,6 +84,8 @@ pub enum NodeError {
 /// Whether `id` is a document id this node accepts.
 pub fn valid_document_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
+        && id != "."
+        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))

@@ -33,6 +33,7 @@ use super::process::{self, KernelProcess, RuntimeFolder};
 use super::session::Session;
 use super::wire::{self, Body};
 use super::{KernelConfig, KernelError, KernelEvent};
+use crate::jail::KernelJail;
 
 /// How long a kernel gets to exit by itself after a `shutdown_request` before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -298,7 +299,7 @@ impl Driver {
                         self.receive(message);
                     }
                     let cause = match status {
-                        Ok(status) => process::death_cause(status),
+                        Ok(status) => kernel.process.death_cause(status),
                         Err(error) => {
                             tracing::warn!(%error, "lost track of the kernel process");
                             DeathCause::Unknown
@@ -409,8 +410,17 @@ impl Driver {
     async fn try_launch(&self) -> Result<RunningKernel, KernelError> {
         let deadline = Instant::now() + self.config.startup_timeout;
         let folder = RuntimeFolder::create(&self.config.runtime_dir)?;
-        let command = process::kernel_command(&self.config.python, folder.connection_file());
-        let mut process = process::spawn(command).map_err(|source| KernelError::Spawn {
+        let mut command = process::kernel_command(&self.config.python, folder.connection_file());
+        let jail = match &self.config.jail {
+            Some(jail) => Some(KernelJail::wrap(
+                jail,
+                &self.config.python,
+                folder.path(),
+                &mut command,
+            )?),
+            None => None,
+        };
+        let mut process = process::spawn(command, jail).map_err(|source| KernelError::Spawn {
             python: self.config.python.clone(),
             source,
         })?;
@@ -418,7 +428,7 @@ impl Driver {
             connected = connect(&folder, self.config.heartbeat_interval) => connected,
             status = process.wait() => {
                 let cause = match status {
-                    Ok(status) => process::death_cause(status),
+                    Ok(status) => process.death_cause(status),
                     Err(_) => DeathCause::Unknown,
                 };
                 let stderr = process.stderr_tail(STDERR_PATIENCE).await;

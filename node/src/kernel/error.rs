@@ -45,6 +45,8 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not jail the kernel: {0}")]
+    Jail(#[from] crate::jail::JailError),
     #[error("the kernel died while starting ({cause}){}", stderr_suffix(.stderr))]
     DiedDuringStartup {
         cause: DeathCause,

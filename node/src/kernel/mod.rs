@@ -19,7 +19,8 @@
 //!
 //! Layout, in the order a message travels:
 //! - [`python_env`] finds or builds the interpreter the kernel runs on.
-//! - `process` prepares the kernel's private runtime folder and spawns, signals and reaps it.
+//! - `process` prepares the kernel's private runtime folder and spawns (through the
+//!   [`jail`](crate::jail) when configured), signals and reaps it.
 //! - `wire` decodes the few kernel messages the bridge cares about.
 //! - [`session`] is the sans-IO core: run bookkeeping, the "done" rule, kernel status, heartbeat.
 //! - `bridge` is the thin async driver: sockets, timers and the process, pumping the session.
@@ -35,6 +36,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_protocol::{KernelStatus, Output, RunId, RunStatus};
+
+use crate::jail::JailConfig;
 
 pub use bridge::KernelBridge;
 pub use error::KernelError;
@@ -53,6 +56,9 @@ pub struct KernelConfig {
     pub heartbeat_timeout: Duration,
     /// How long a kernel may take to answer its first `kernel_info_request`.
     pub startup_timeout: Duration,
+    /// The sandbox each kernel runs in; `None` runs it as the node's own user, unconfined
+    /// (`--insecure-no-jail`, and tests that are not about the jail).
+    pub jail: Option<JailConfig>,
 }
 
 impl KernelConfig {
@@ -64,6 +70,15 @@ impl KernelConfig {
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_millis(800),
             startup_timeout: Duration::from_secs(60),
+            jail: None,
+        }
+    }
+
+    /// Like [`new`](Self::new), with every kernel in a jail configured by `jail`.
+    pub fn jailed(python: PathBuf, runtime_dir: PathBuf, jail: JailConfig) -> Self {
+        KernelConfig {
+            jail: Some(jail),
+            ..KernelConfig::new(python, runtime_dir)
         }
     }
 }

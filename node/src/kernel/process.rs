@@ -25,6 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::KernelError;
+use crate::jail::KernelJail;
 
 /// Longest path a Unix socket address can hold on Linux (`sun_path` is 108 bytes with a NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -108,6 +109,11 @@ impl RuntimeFolder {
         &self.connection
     }
 
+    /// The folder itself.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub(crate) fn connection_file(&self) -> &Path {
         &self.connection_file
     }
@@ -155,17 +161,29 @@ pub(crate) fn kernel_command(python: &Path, connection_file: &Path) -> Command {
 }
 
 /// Spawns the kernel. The only place a kernel process is created: `command` is
-/// [`kernel_command`], possibly wrapped by a jail. The process leads its own process group, so
-/// an interrupt or kill reaches whatever the kernel started too, and is killed if the handle is
-/// dropped.
-pub(crate) fn spawn(mut command: Command) -> io::Result<KernelProcess> {
+/// [`kernel_command`], wrapped by `jail` when there is one. The process leads its own process
+/// group, so an interrupt or kill reaches whatever the kernel started too, and is killed (and its
+/// jail removed) if the handle is dropped.
+pub(crate) fn spawn(mut command: Command, jail: Option<KernelJail>) -> io::Result<KernelProcess> {
     command
         .process_group(0)
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn()?;
+    let spawned = command.spawn();
+    // The command holds the jail's half of its set-up pipes; drop it before asking the jail why
+    // a spawn failed.
+    drop(command);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            return Err(match jail.as_ref().and_then(KernelJail::setup_failure) {
+                Some(failure) => io::Error::other(failure),
+                None => error,
+            });
+        }
+    };
     let Some(pid) = child.id() else {
         // `id` is `None` only once the child was reaped, and nothing has waited on it yet.
         return Err(io::Error::other(
@@ -177,7 +195,12 @@ pub(crate) fn spawn(mut command: Command) -> io::Result<KernelProcess> {
         child.stdout.take(),
         child.stderr.take(),
     ));
-    Ok(KernelProcess { child, pid, output })
+    Ok(KernelProcess {
+        child,
+        pid,
+        output,
+        jail,
+    })
 }
 
 /// A running (or just exited) kernel process. Dropping it kills its process group if the kernel
@@ -188,6 +211,8 @@ pub(crate) struct KernelProcess {
     pid: u32,
     /// Forwards the kernel's stdout and stderr to the log; yields the stderr tail at EOF.
     output: JoinHandle<String>,
+    /// The kernel's jail (its cgroup), when it runs in one; removed once the kernel is gone.
+    jail: Option<KernelJail>,
 }
 
 impl KernelProcess {
@@ -200,13 +225,29 @@ impl KernelProcess {
         self.child.wait().await
     }
 
-    /// Kills the whole process group and reaps the kernel.
+    /// Kills the whole process group, reaps the kernel, and removes its jail.
     pub(crate) async fn kill(&mut self) {
         // ESRCH just means everything in the group is gone already.
         let _ = signal_group(self.pid, Signal::SIGKILL);
         if let Err(error) = self.child.wait().await {
             tracing::warn!(pid = self.pid, %error, "could not reap the kernel process");
         }
+        if let Some(jail) = self.jail.as_mut() {
+            jail.destroy().await;
+        }
+    }
+
+    /// Why the kernel that exited with `status` is gone: a SIGKILL in a jail whose cgroup
+    /// counted an OOM kill is [`DeathCause::OutOfMemory`].
+    pub(crate) fn death_cause(&self, status: ExitStatus) -> DeathCause {
+        if status.signal() == Some(Signal::SIGKILL as i32)
+            && let Some(limit) = self.jail.as_ref().and_then(KernelJail::out_of_memory)
+        {
+            return DeathCause::OutOfMemory {
+                limit_bytes: Some(limit),
+            };
+        }
+        death_cause(status)
     }
 
     /// What the kernel wrote last to stderr, waiting up to `patience` for it to close the pipe.
