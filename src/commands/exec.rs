@@ -91,9 +91,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn unreachable(err: &ClientError) -> ExitCode {
     eprintln!("error: {err}");
-    if let ClientError::Refused(reply) = err {
-        eprintln!("       (code {})", reply.code);
-    }
     ExitCode::from(2)
 }
 
@@ -128,7 +125,9 @@ async fn drive(
             ServerMessage::Kernel(_) => true,
             _ => false,
         };
-        if renderer.json || ours {
+        // A refusal of our own request is returned and reported once, by the caller.
+        let refusal = matches!(&message, ServerMessage::Error(_)) && ours;
+        if renderer.json || (ours && !refusal) {
             renderer.message(&message);
         }
         match message {
