@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, Target, Trust};
+use airlock_node::jail::JailConfig;
 use airlock_node::kernel::python_env::{self, Progress, PythonSource};
 use airlock_node::kernel::{KernelBridge, KernelConfig, KernelEvent};
 use airlock_protocol::token::{self, Claims};
@@ -82,13 +83,19 @@ fn main() -> anyhow::Result<()> {
 async fn bench() -> anyhow::Result<()> {
     let python = kernel_python().await?;
     progress(&format!("kernels run on {}", python.display()));
+    let sandbox = Sandbox::of_this_host();
+    progress(&format!("kernels are {}", sandbox.describe()));
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
-    let measured = measure(&python, scratch.path()).await?;
+    let load_before = load_average();
+    let measured = measure(&python, &sandbox, scratch.path()).await?;
+    let load_after = load_average();
     let peer = peer().await;
     let report = Report {
         python,
         measured,
         peer,
+        load: [load_before, load_after],
+        sandbox,
     };
     report.print_table();
     println!("{}", report.json());
@@ -121,27 +128,25 @@ impl Sample {
         self.percentile_ms(99.0)
     }
 
-    /// Runs `once` `warmup` times untimed, then `count` times timed.
-    async fn take(
+    /// Times one round trip into this sample.
+    async fn time(
         &mut self,
         what: &str,
-        warmup: usize,
-        count: usize,
-        mut once: impl AsyncFnMut() -> anyhow::Result<()>,
+        run: impl Future<Output = anyhow::Result<()>>,
     ) -> anyhow::Result<()> {
-        for i in 0..(warmup + count) {
-            let start = Instant::now();
-            tokio::time::timeout(RUN_TIMEOUT, once())
-                .await
-                .map_err(|_| anyhow!("{what}: a run got no Done within {RUN_TIMEOUT:?}"))?
-                .with_context(|| format!("{what}: run {i} of a round"))?;
-            let elapsed = start.elapsed();
-            if i >= warmup {
-                self.0.push(elapsed);
-            }
-        }
+        let start = Instant::now();
+        untimed(what, run).await?;
+        self.0.push(start.elapsed());
         Ok(())
     }
+}
+
+/// One round trip, with a deadline.
+async fn untimed(what: &str, run: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::time::timeout(RUN_TIMEOUT, run)
+        .await
+        .map_err(|_| anyhow!("{what}: a run got no Done within {RUN_TIMEOUT:?}"))?
+        .with_context(|| format!("{what}: a run failed"))
 }
 
 fn check_status(status: RunStatus) -> anyhow::Result<()> {
@@ -151,20 +156,97 @@ fn check_status(status: RunStatus) -> anyhow::Result<()> {
     }
 }
 
-/// One way of running code, and its times.
+/// One way of reaching the node process, and its times.
 struct Contender {
     label: &'static str,
-    way: Way,
+    target: Target,
     sample: Sample,
 }
 
-enum Way {
-    /// A client of the node process; a fresh connection each round, closed after it, so only
-    /// one client is connected at a time (every client of a document sees every run's
-    /// messages, which would bill the others' traffic to the one being timed).
-    Node(Target),
-    /// The in-process `KernelBridge`.
-    Direct,
+/// One round trip through the node: execute, then wait for the run's `Done`.
+async fn through_node(client: &mut Client) -> anyhow::Result<()> {
+    let report = client.run(CODE, |_| {}).await?;
+    check_status(report.done.status)
+}
+
+/// The floor: the in-process kernel bridge, and its times.
+struct Direct<'a> {
+    bridge: &'a KernelBridge,
+    events: &'a mut UnboundedReceiver<KernelEvent>,
+    next_run: u64,
+    sample: Sample,
+}
+
+impl Direct<'_> {
+    const LABEL: &'static str = "direct ZeroMQ, Rust (KernelBridge in-process)";
+
+    /// One round trip: execute, then wait for the run's `Done` event.
+    async fn once(&mut self) -> anyhow::Result<()> {
+        self.next_run += 1;
+        let run = RunId(self.next_run);
+        self.bridge.execute(run, CODE, true)?;
+        loop {
+            match self.events.recv().await {
+                Some(KernelEvent::Done {
+                    run: done, status, ..
+                }) if done == run => return check_status(status),
+                Some(_) => {}
+                None => bail!("the kernel bridge closed its event stream"),
+            }
+        }
+    }
+
+    async fn timed(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        untimed(Self::LABEL, self.once()).await?;
+        self.sample.0.push(start.elapsed());
+        Ok(())
+    }
+}
+
+/// How kernels are sandboxed: the node's and the floor's alike, so that the floor is the same
+/// kind of kernel and the difference is the node and its transport.
+enum Sandbox {
+    /// The jail with the node's default limits (the CLI's defaults are `JailConfig::default()`).
+    Jailed,
+    /// No jail for either (`--insecure-no-jail`), because this host cannot jail.
+    Unconfined { why: String },
+}
+
+impl Sandbox {
+    fn of_this_host() -> Sandbox {
+        match airlock_node::jail::preflight() {
+            Ok(_) => Sandbox::Jailed,
+            Err(err) => Sandbox::Unconfined {
+                why: err.to_string(),
+            },
+        }
+    }
+
+    fn kernel_config(&self, python: PathBuf, runtime_dir: PathBuf) -> KernelConfig {
+        match self {
+            Sandbox::Jailed => KernelConfig::jailed(python, runtime_dir, JailConfig::default()),
+            Sandbox::Unconfined { .. } => KernelConfig::new(python, runtime_dir),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Sandbox::Jailed => {
+                let limits = JailConfig::default().limits;
+                format!(
+                    "jailed, the node's and the in-process floor's alike (default limits: {} \
+                     core, {} MiB)",
+                    limits.cpus,
+                    limits.memory_bytes >> 20
+                )
+            }
+            Sandbox::Unconfined { why } => format!(
+                "unconfined, the node's (--insecure-no-jail) and the floor's alike: this host \
+                 cannot jail ({why})"
+            ),
+        }
+    }
 }
 
 /// Everything measured against Airlock itself.
@@ -176,55 +258,50 @@ struct Measured {
     memory: Memory,
 }
 
-/// The contenders take turns: ROUNDS rounds, each contender timing N / ROUNDS runs per round,
-/// the order rotating every round, so that load from elsewhere on the machine falls on all of
-/// them alike instead of on whichever ran while it lasted.
+/// Takes the samples so that load from elsewhere on the machine falls on every contender
+/// alike, not on whichever ran while it lasted: in each of ROUNDS rounds every transport, in a
+/// rotating order, gets a fresh connection (one client at a time: every client of a document
+/// sees every run's messages, which would bill the others' traffic to the one being timed) and
+/// times N / ROUNDS runs, each one alternating with a run of the floor.
 async fn interleave(
     contenders: &mut [Contender],
+    direct: &mut Direct<'_>,
     token: &str,
-    bridge: &KernelBridge,
-    events: &mut UnboundedReceiver<KernelEvent>,
 ) -> anyhow::Result<()> {
-    let mut next_run = 0u64;
+    for _ in 0..WARMUP {
+        untimed(Direct::LABEL, direct.once()).await?;
+    }
+    let count = contenders.len();
     for round in 0..ROUNDS {
         progress(&format!("round {}/{ROUNDS}", round + 1));
         let warmup = if round == 0 { WARMUP } else { REWARM };
-        let count = contenders.len();
         for k in 0..count {
-            let Contender { label, way, sample } = &mut contenders[(round + k) % count];
-            match way {
-                Way::Node(target) => {
-                    let mut client = Client::connect(target, token)
-                        .await
-                        .with_context(|| format!("{label}: connecting"))?;
-                    let taken = sample
-                        .take(label, warmup, N / ROUNDS, async || {
-                            let report = client.run(CODE, |_| {}).await?;
-                            check_status(report.done.status)
-                        })
-                        .await;
-                    client.close().await;
-                    taken?;
+            let Contender {
+                label,
+                target,
+                sample,
+            } = &mut contenders[(round + k) % count];
+            let mut client = Client::connect(target, token)
+                .await
+                .with_context(|| format!("{label}: connecting"))?;
+            let taken = async {
+                for _ in 0..warmup {
+                    untimed(label, through_node(&mut client)).await?;
                 }
-                Way::Direct => {
-                    sample
-                        .take(label, warmup, N / ROUNDS, async || {
-                            next_run += 1;
-                            let run = RunId(next_run);
-                            bridge.execute(run, CODE, true)?;
-                            loop {
-                                match events.recv().await {
-                                    Some(KernelEvent::Done {
-                                        run: done, status, ..
-                                    }) if done == run => return check_status(status),
-                                    Some(_) => {}
-                                    None => bail!("the kernel bridge closed its event stream"),
-                                }
-                            }
-                        })
-                        .await?;
+                for j in 0..N / ROUNDS {
+                    if j % 2 == 0 {
+                        sample.time(label, through_node(&mut client)).await?;
+                        direct.timed().await?;
+                    } else {
+                        direct.timed().await?;
+                        sample.time(label, through_node(&mut client)).await?;
+                    }
                 }
+                Ok::<_, anyhow::Error>(())
             }
+            .await;
+            client.close().await;
+            taken?;
         }
     }
     Ok(())
@@ -244,7 +321,7 @@ struct Memory {
 type LogTail = Arc<Mutex<VecDeque<String>>>;
 
 /// Starts the node, measures, and stops the node again, also when measuring failed.
-async fn measure(python: &Path, scratch: &Path) -> anyhow::Result<Measured> {
+async fn measure(python: &Path, sandbox: &Sandbox, scratch: &Path) -> anyhow::Result<Measured> {
     let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let pem_path = scratch.join("token-verifying.pem");
     let pem = token::verifying_key_to_pem(&signing.verifying_key())?;
@@ -263,8 +340,12 @@ async fn measure(python: &Path, scratch: &Path) -> anyhow::Result<Measured> {
 
     let connect_file = scratch.join("node.json");
     progress("starting `airlock node`");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .arg("node")
+    let mut node = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    node.arg("node");
+    if let Sandbox::Unconfined { .. } = sandbox {
+        node.arg("--insecure-no-jail");
+    }
+    let mut child = node
         .args(["--doc", DOC])
         .arg("--token-public-key")
         .arg(&pem_path)
@@ -283,7 +364,7 @@ async fn measure(python: &Path, scratch: &Path) -> anyhow::Result<Measured> {
     let measured = async {
         wait_until_serving(&mut child, &log).await?;
         let node_pid = child.id().context("the node has no pid")?;
-        measure_with_node(node_pid, &connect_file, &token, python, scratch).await
+        measure_with_node(node_pid, &connect_file, &token, python, sandbox, scratch).await
     }
     .await;
     let stopped = stop_node(child).await;
@@ -346,6 +427,7 @@ async fn measure_with_node(
     connect_file: &Path,
     token: &str,
     python: &Path,
+    sandbox: &Sandbox,
     scratch: &Path,
 ) -> anyhow::Result<Measured> {
     let info: Value = serde_json::from_slice(
@@ -359,35 +441,34 @@ async fn measure_with_node(
             .with_context(|| format!("the connect file has no {name:?}: {info}"))
     };
     let quic_addr: SocketAddr = field("quic")?.parse().context("the connect file's quic")?;
-    let contender = |label, way| Contender {
+    let contender = |label, target| Contender {
         label,
-        way,
+        target,
         sample: Sample::default(),
     };
     let mut contenders = [
         contender(
             "Airlock, QUIC",
-            Way::Node(Target::Quic {
+            Target::Quic {
                 addr: quic_addr,
                 server_name: "localhost".into(),
                 trust: Trust::Fingerprint(field("fingerprint")?.to_owned()),
-            }),
+            },
         ),
         contender(
             "Airlock, WebSocket (binary)",
-            Way::Node(Target::WebSocket {
+            Target::WebSocket {
                 url: field("websocket")?.to_owned(),
                 json: false,
-            }),
+            },
         ),
         contender(
             "Airlock, WebSocket (JSON)",
-            Way::Node(Target::WebSocket {
+            Target::WebSocket {
                 url: field("websocket")?.to_owned(),
                 json: true,
-            }),
+            },
         ),
-        contender("direct ZeroMQ, Rust (KernelBridge in-process)", Way::Direct),
     ];
 
     progress("starting a kernel in-process through KernelBridge (the direct ZeroMQ floor)");
@@ -395,15 +476,21 @@ async fn measure_with_node(
     std::fs::create_dir_all(&runtime_dir)
         .with_context(|| format!("making {}", runtime_dir.display()))?;
     let (bridge, mut events) =
-        KernelBridge::start(KernelConfig::new(python.to_owned(), runtime_dir))
+        KernelBridge::start(sandbox.kernel_config(python.to_owned(), runtime_dir))
             .await
             .context("starting a kernel through KernelBridge")?;
     progress(&format!(
-        "{} contenders: {WARMUP} warm-up runs each, then {N} timed in {ROUNDS} interleaved rounds \
-         ({REWARM} more warm-up runs each later round)",
-        contenders.len()
+        "{WARMUP} warm-up runs each, then {N} timed per transport in {ROUNDS} rounds, each run \
+         alternating with a direct one ({REWARM} warm-up runs on each new connection)"
     ));
-    let taken = interleave(&mut contenders, token, &bridge, &mut events).await;
+    let mut direct = Direct {
+        bridge: &bridge,
+        events: &mut events,
+        next_run: 0,
+        sample: Sample::default(),
+    };
+    let taken = interleave(&mut contenders, &mut direct, token).await;
+    let direct = direct.sample;
     bridge.shutdown().await;
     taken?;
 
@@ -413,7 +500,7 @@ async fn measure_with_node(
     let kernel_rss_mb = kernel_pid
         .and_then(|pid| rss_mb(pid).ok())
         .map(|(rss, _)| rss);
-    let [quic, ws_binary, ws_json, direct] = contenders.map(|contender| contender.sample);
+    let [quic, ws_binary, ws_json] = contenders.map(|contender| contender.sample);
     Ok(Measured {
         quic,
         ws_binary,
@@ -473,13 +560,24 @@ fn rss_mb(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// The node's kernel: its child process running `ipykernel_launcher`.
+/// The node's kernel: the process below it running `ipykernel_launcher` (a jailed kernel is a
+/// grandchild, below the jail's supervisor; an unconfined one a child).
 fn kernel_of(node_pid: u32) -> Option<u32> {
-    children_of(node_pid).into_iter().find(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
+    let mut below = children_of(node_pid);
+    let mut seen = 0;
+    while let Some(&pid) = below.get(seen) {
+        seen += 1;
+        let is_kernel = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("ipykernel_launcher"))
-            .unwrap_or(false)
-    })
+            .unwrap_or(false);
+        if is_kernel {
+            return Some(pid);
+        }
+        if below.len() < 64 {
+            below.extend(children_of(pid));
+        }
+    }
+    None
 }
 
 fn children_of(parent: u32) -> Vec<u32> {
@@ -603,6 +701,9 @@ struct Report {
     python: PathBuf,
     measured: Measured,
     peer: PeerFigures,
+    /// The 1-minute load average before and after Airlock was measured.
+    load: [Option<f64>; 2],
+    sandbox: Sandbox,
 }
 
 impl Report {
@@ -633,9 +734,7 @@ impl Report {
 
     fn print_table(&self) {
         const LABEL: usize = 56;
-        let header = format!(
-            "execute round trip of `{CODE}` (N={N} in {ROUNDS} interleaved rounds, after {WARMUP} warm-up)"
-        );
+        let header = format!("execute round trip of `{CODE}` (N={N}, after {WARMUP} warm-up)");
         println!();
         println!("{header:<LABEL$} {:>10} {:>10}", "p50", "p99");
         let row = |label: &str, p50: f64, p99: f64| {
@@ -662,7 +761,7 @@ impl Report {
             self.measured.ws_json.p99(),
         );
         row(
-            "direct ZeroMQ, Rust (KernelBridge in-process)",
+            Direct::LABEL,
             self.measured.direct.p50(),
             self.measured.direct.p99(),
         );
@@ -678,6 +777,11 @@ impl Report {
                 None => println!("  {label:<w$} {:>21}", "not measured", w = LABEL - 2),
             }
         }
+        println!(
+            "  (each transport's runs alternate one-for-one with direct ZeroMQ runs, so N={} there;\n   \
+             {ROUNDS} rounds, a fresh connection each; the peer script times its own 300 runs)",
+            self.measured.direct.0.len()
+        );
 
         let verdict = |added: f64| {
             if added <= TARGET_ADDED_MS {
@@ -734,6 +838,21 @@ impl Report {
             Err(why) => println!("peer: not measured: {why}"),
         }
         println!("kernels' Python: {}", self.python.display());
+        println!("kernels: {}", self.sandbox.describe());
+        let cores = cores();
+        if let [Some(before), Some(after)] = self.load {
+            let busy = before.max(after) > cores as f64;
+            println!(
+                "machine: {cores} cores, load average {before:.1} before and {after:.1} after \
+                 measuring Airlock{}",
+                if busy {
+                    " -- other work competed for the CPU: the figures are noisy, compare only \
+                     within this run and rerun on a quiet machine before judging the target"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     fn json(&self) -> Value {
@@ -779,6 +898,15 @@ impl Report {
                 Err(why) => json!({ "not_measured": why }),
             },
             "python": self.python.display().to_string(),
+            "kernel_sandbox": match &self.sandbox {
+                Sandbox::Jailed => json!({ "jailed": true }),
+                Sandbox::Unconfined { why } => json!({ "jailed": false, "why": why }),
+            },
+            "machine": {
+                "cores": cores(),
+                "load_average_before": self.load[0],
+                "load_average_after": self.load[1],
+            },
         })
     }
 }
@@ -789,6 +917,20 @@ fn ms(value: f64) -> String {
 
 fn round3(value: f64) -> f64 {
     (value * 1e3).round() / 1e3
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn progress(message: &str) {

@@ -16,9 +16,9 @@ use airlock_protocol::token::{self, Claims, Role};
 use airlock_protocol::{ClientMessage, FrameLimit, Output, RunStatus, ServerMessage};
 use anyhow::{Context as _, bail};
 
-use super::PythonArgs;
 use super::keys::unix_now;
 use super::render::{Renderer, describe};
+use super::{JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,8 @@ pub struct Args {
     round_trips: usize,
     #[command(flatten)]
     python: PythonArgs,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 const DOC: &str = "demo-notebook";
@@ -34,6 +36,7 @@ const DOC: &str = "demo-notebook";
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     step("Preparing the Python environment kernels run in");
+    let jail = args.jail.config()?;
     let python = args.python.interpreter().await?;
     say(&format!("interpreter: {}", python.display()));
 
@@ -51,7 +54,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tls: TlsSource::SelfSigned {
             names: vec!["localhost".into()],
         },
-        kernel: KernelConfig::new(python, runtime.path().to_owned()),
+        kernel: KernelConfig {
+            jail,
+            ..KernelConfig::new(python, runtime.path().to_owned())
+        },
         frame_limit: FrameLimit::default(),
     })
     .await?;

@@ -67,6 +67,87 @@ pub struct PythonArgs {
     python_env: Option<PathBuf>,
 }
 
+/// How kernels are sandboxed: jailed by default, with per-kernel limits.
+#[derive(Debug, clap::Args)]
+pub struct JailArgs {
+    /// Run kernels WITHOUT any sandbox (no namespaces, limits, seccomp or landlock): kernel code
+    /// can then read the node's secrets and reach the network. For development on hosts that
+    /// fail the jail's preflight only; logged loudly on every start.
+    #[arg(long)]
+    insecure_no_jail: bool,
+    /// Memory limit of each kernel (its work dir and /tmp count against it), e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    memory: u64,
+    /// Most processes and threads each kernel may run at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pids: u64,
+    /// CPU each kernel may use, in cores (0.5 = half a core).
+    #[arg(long, value_name = "CORES", default_value_t = 1.0)]
+    cpus: f64,
+    /// Size of each kernel's writable work dir (its cwd and HOME), e.g. 256M.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    work_dir_size: u64,
+}
+
+impl JailArgs {
+    /// The jail configuration, after checking that this host can jail kernels; `None` with
+    /// `--insecure-no-jail`.
+    pub fn config(&self) -> anyhow::Result<Option<airlock_node::jail::JailConfig>> {
+        use airlock_node::jail::{JailConfig, TierLimits, preflight};
+        if self.insecure_no_jail {
+            let warning = "--insecure-no-jail: kernels run WITHOUT a sandbox; any code a user runs can read this node's secrets, files and network";
+            tracing::warn!("{warning}");
+            eprintln!("WARNING: {warning}");
+            return Ok(None);
+        }
+        if !self.cpus.is_finite() || self.cpus <= 0.0 {
+            anyhow::bail!(
+                "--cpus must be a positive number of cores, not {}",
+                self.cpus
+            );
+        }
+        let host = preflight()?;
+        for warning in &host.warnings {
+            tracing::warn!("jail: {warning}");
+        }
+        Ok(Some(JailConfig {
+            limits: TierLimits {
+                memory_bytes: self.memory,
+                cpus: self.cpus,
+                pids: self.pids,
+                work_dir_bytes: self.work_dir_size,
+                ..TierLimits::default()
+            },
+            ..JailConfig::default()
+        }))
+    }
+}
+
+/// `512M`, `2G`, `1048576`: a size in bytes with an optional K/M/G/T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, shift) = match text.char_indices().last() {
+        Some((i, unit)) if unit.is_ascii_alphabetic() => {
+            let shift = match unit.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size unit {unit:?}; use K, M, G or T")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let number: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 impl PythonArgs {
     pub async fn interpreter(&self) -> anyhow::Result<PathBuf> {
         use airlock_node::kernel::python_env::{self, Progress, PythonSource};

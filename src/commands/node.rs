@@ -12,7 +12,7 @@ use airlock_protocol::codec::DEFAULT_MAX_FRAME_LEN;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::PythonArgs;
+use super::{JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -68,6 +68,8 @@ pub struct Args {
     connect_file: Option<PathBuf>,
     #[command(flatten)]
     python: PythonArgs,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -85,6 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let token_key = airlock_protocol::token::verifying_key_from_pem(&pem)
         .with_context(|| format!("{}", args.token_public_key.display()))?;
+    let jail = args.jail.config()?;
     let python = args.python.interpreter().await?;
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -99,7 +102,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         quic_listen: (!args.no_quic).then_some(args.quic),
         ws_listen: (!args.no_ws).then_some(args.ws),
         tls,
-        kernel: KernelConfig::new(python, args.runtime_dir),
+        kernel: KernelConfig {
+            jail,
+            ..KernelConfig::new(python, args.runtime_dir)
+        },
         frame_limit: FrameLimit::new(args.max_frame),
     };
     let node = airlock_node::start(config).await?;

@@ -199,9 +199,15 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
         // No `getppid` check here: in its own pid namespace the kernel's parent is outside, so
         // `getppid` is 0. The supervisor only ever exits after the kernel, or together with it
         // when the node kills their process group.
-        check(15, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) as _)?;
+        check(
+            15,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) as _,
+        )?;
         for procs in &plan.cgroup_procs {
-            check(0, libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) as _)?;
+            check(
+                0,
+                libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) as _,
+            )?;
         }
         check(
             1,
@@ -249,12 +255,19 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
                 ptr::null(),
                 c"/".as_ptr(),
                 ptr::null(),
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 ptr::null(),
             ) as _,
         )?;
         let hostname = plan.hostname.as_bytes();
-        check(7, libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as _)?;
+        check(
+            7,
+            libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as _,
+        )?;
         loopback_up().map_err(|code| Failure(8, code))?;
         for &(resource, value) in &plan.rlimits {
             let limit = libc::rlimit {
@@ -276,7 +289,10 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
         )?;
         // Changing uid made the process undumpable, which makes /proc/self/* root's; the maps
         // below are written through it.
-        check(10, libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong) as _)?;
+        check(
+            10,
+            libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong) as _,
+        )?;
         check(11, libc::unshare(libc::CLONE_NEWUSER) as _)?;
         write_file(c"/proc/self/setgroups", b"deny").map_err(|code| Failure(12, code))?;
         write_file(c"/proc/self/uid_map", &plan.uid_map).map_err(|code| Failure(12, code))?;
@@ -285,7 +301,10 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
         drop_capabilities().map_err(|code| Failure(13, code))?;
         check(14, libc::chdir(plan.work_dir.as_ptr()) as _)?;
         // The credential changes above cleared the parent-death signal.
-        check(15, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) as _)?;
+        check(
+            15,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) as _,
+        )?;
         check(
             16,
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) as _,
@@ -333,8 +352,7 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
                 result?;
             }
             Step::Symlink { target, link } => {
-                if libc::symlink(target.as_ptr(), link.as_ptr()) == -1 && errno() != libc::EEXIST
-                {
+                if libc::symlink(target.as_ptr(), link.as_ptr()) == -1 && errno() != libc::EEXIST {
                     return Err(errno());
                 }
             }

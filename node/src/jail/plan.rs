@@ -86,16 +86,28 @@ impl KernelJail {
         let staging = runtime_folder.join(".root");
         std::fs::create_dir(&staging).map_err(prepare_error(&staging))?;
 
-        let cgroup = KernelCgroup::create(&host, &config.cgroup_parent, &kernel_name, &config.limits)?;
-        let cgroup_procs = cgroup.open_procs()?;
-
         let mut layout = Layout::new(&staging);
         layout.assemble(python, runtime_folder, &config.limits, host_id)?;
-
         let (report_read, report_write) = pipe().map_err(prepare_error(runtime_folder))?;
         let filters = seccomp::compile()?;
         let limits = config.limits;
-        let landlock = host.landlock_abi.map(|abi| landlock_rules(abi, runtime_folder));
+        let landlock = host
+            .landlock_abi
+            .map(|abi| landlock_rules(abi, runtime_folder))
+            .transpose()?;
+
+        // The cgroup comes last: from here on, any failure drops `jail`, which removes it.
+        let cgroup =
+            KernelCgroup::create(&host, &config.cgroup_parent, &kernel_name, &config.limits)?;
+        let jail = KernelJail {
+            cgroup: Some(cgroup),
+            limits,
+            report: report_read,
+        };
+        let cgroup_procs = match &jail.cgroup {
+            Some(cgroup) => cgroup.open_procs()?,
+            None => Vec::new(),
+        };
         let plan = ChildPlan {
             node_pid: std::process::id() as libc::pid_t,
             cgroup_procs,
@@ -114,7 +126,7 @@ impl KernelJail {
                 (libc::RLIMIT_FSIZE, limits.work_dir_bytes),
                 (libc::RLIMIT_NPROC, limits.pids),
             ],
-            landlock: landlock.transpose()?,
+            landlock,
             allow_list: filters.allow_list,
             clone3: filters.clone3,
             report: report_write,
@@ -141,11 +153,7 @@ impl KernelJail {
         unsafe {
             command.pre_exec(move || child::enter(&plan));
         }
-        Ok(KernelJail {
-            cgroup: Some(cgroup),
-            limits,
-            report: report_read,
-        })
+        Ok(jail)
     }
 
     /// Why the jail failed to start the kernel, if it reported a failed step.
@@ -377,10 +385,7 @@ impl Layout {
                 link,
             });
         }
-        self.tmpfs(
-            &dev.join("shm"),
-            format!("size={SHM_BYTES},mode=1777"),
-        )?;
+        self.tmpfs(&dev.join("shm"), format!("size={SHM_BYTES},mode=1777"))?;
 
         // Writable places, each a size-limited tmpfs.
         self.tmpfs(
@@ -397,7 +402,13 @@ impl Layout {
 
         // The kernel's runtime folder, read-write at its own path, for the IPC sockets.
         self.mkdirs(runtime_folder)?;
-        self.mount(Some(runtime_folder), runtime_folder, None, libc::MS_BIND, None)?;
+        self.mount(
+            Some(runtime_folder),
+            runtime_folder,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
         self.mount(
             None,
             runtime_folder,
@@ -473,7 +484,12 @@ fn landlock_rules(abi: u32, runtime_folder: &Path) -> Result<Landlock, JailError
     }
     let devices = LL_WRITE_FILE | (handled & LL_TRUNCATE);
     let mut rules = Vec::new();
-    for dir in [Path::new("/work"), Path::new("/tmp"), Path::new("/dev/shm"), runtime_folder] {
+    for dir in [
+        Path::new("/work"),
+        Path::new("/tmp"),
+        Path::new("/dev/shm"),
+        runtime_folder,
+    ] {
         rules.push((cstring(dir)?, handled));
     }
     for name in DEVICES {
@@ -508,4 +524,59 @@ fn cstring(path: &Path) -> Result<CString, JailError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| JailError::BadPath {
         path: path.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_virtualenv_brings_its_base_installation() {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("versions/3.11.7");
+        let venv = root.path().join("venv");
+        std::fs::create_dir_all(base.join("bin")).unwrap();
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(base.join("bin/python3.11"), "").unwrap();
+        std::os::unix::fs::symlink(base.join("bin/python3.11"), venv.join("bin/python")).unwrap();
+        std::fs::write(
+            venv.join("pyvenv.cfg"),
+            format!("home = {}\nversion = 3.11.7\n", base.join("bin").display()),
+        )
+        .unwrap();
+        let mut prefixes = python_prefixes(&venv.join("bin/python"));
+        prefixes.sort();
+        assert_eq!(prefixes, vec![venv, base]);
+    }
+
+    #[test]
+    fn layout_paths_live_under_the_staging_root() {
+        let mut layout = Layout::new(Path::new("/run/k/.root"));
+        assert_eq!(
+            layout.at(Path::new("/usr/lib")),
+            PathBuf::from("/run/k/.root/usr/lib")
+        );
+        layout.mkdirs(Path::new("/a/b")).unwrap();
+        layout.mkdirs(Path::new("/a/c")).unwrap();
+        let made: Vec<_> = layout
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::Mkdir(path) => path.to_str().unwrap().to_owned(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            made,
+            ["/run/k/.root/a", "/run/k/.root/a/b", "/run/k/.root/a/c"]
+        );
+    }
+
+    #[test]
+    fn the_seccomp_filters_compile() {
+        let filters = seccomp::compile().unwrap();
+        assert!(!filters.allow_list.is_empty());
+        assert!(filters.allow_list.len() < usize::from(u16::MAX));
+        assert!(!filters.clone3.is_empty());
+    }
 }

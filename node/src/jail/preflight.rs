@@ -162,7 +162,8 @@ fn check_seccomp() -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     if !status.lines().any(|line| line.starts_with("Seccomp:")) {
         return Err(
-            "the kernel was built without CONFIG_SECCOMP_FILTER; use a kernel with seccomp filters".to_owned(),
+            "the kernel was built without CONFIG_SECCOMP_FILTER; use a kernel with seccomp filters"
+                .to_owned(),
         );
     }
     let actions =
@@ -260,8 +261,8 @@ fn find_cgroups() -> Result<(CgroupFlavor, Option<String>), String> {
     let v2 = mounts.iter().find(|m| m.v2);
     let mut v2_problem = None;
     if let Some(v2) = v2 {
-        let available = std::fs::read_to_string(v2.mount_point.join("cgroup.controllers"))
-            .unwrap_or_default();
+        let available =
+            std::fs::read_to_string(v2.mount_point.join("cgroup.controllers")).unwrap_or_default();
         let lacking: Vec<_> = CONTROLLERS
             .iter()
             .filter(|c| !available.split_whitespace().any(|a| a == **c))
@@ -296,9 +297,9 @@ fn find_cgroups() -> Result<(CgroupFlavor, Option<String>), String> {
         let mount = mounts
             .iter()
             .find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller));
-        let path = own.iter().find(|(controllers, _)| {
-            controllers.split(',').any(|c| c == controller)
-        });
+        let path = own
+            .iter()
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == controller));
         match (mount, path) {
             (Some(mount), Some((_, path))) if writable(&mount.mount_point) => {
                 found.push(own_folder(mount, path));
@@ -330,6 +331,8 @@ fn writable(path: &Path) -> bool {
             .any(|line| {
                 let fields: Vec<_> = line.split(' ').collect();
                 fields.get(4).map(|p| Path::new(*p)) == Some(path)
-                    && fields.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+                    && fields
+                        .get(5)
+                        .is_some_and(|o| o.split(',').any(|o| o == "ro"))
             })
 }

@@ -346,10 +346,7 @@ pub(crate) fn compile() -> Result<Filters, JailError> {
     let mut socket = vec![rule([eq(0, libc::AF_UNIX as u64)])?];
     for domain in [libc::AF_INET, libc::AF_INET6] {
         for kind in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
-            socket.push(rule([
-                eq(0, domain as u64),
-                masked(1, 0xf, kind as u64),
-            ])?);
+            socket.push(rule([eq(0, domain as u64), masked(1, 0xf, kind as u64)])?);
         }
     }
     socket.push(rule([
@@ -381,7 +378,12 @@ pub(crate) fn compile() -> Result<Filters, JailError> {
         libc::SYS_ioctl,
         vec![rule([
             SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::TIOCSTI),
-            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::TIOCLINUX),
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Ne,
+                libc::TIOCLINUX,
+            ),
         ])?],
     );
 
@@ -415,7 +417,12 @@ fn eq(arg: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError
 }
 
 fn masked(arg: u8, mask: u64, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(mask), value)
+    SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        value,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,503 @@
+//! The escape suite: hostile code run as cells in real jailed kernels, each attempt's outcome
+//! asserted from the cell's own output.
+//!
+//! Every attempt prints one line, `name: BLOCKED <exception> <errno>` or `name: ESCAPED <what it
+//! got>`, and the test checks the line. Limits (memory, pids, disk, CPU) use the small tier of
+//! `jail_common::test_limits`. Needs root (the jail's preflight); run as
+//! `cargo test -p airlock-node --test jail_escape`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod jail_common;
+
+use std::time::{Duration, Instant};
+
+use airlock_protocol::{DeathCause, RunStatus};
+use jail_common::{Jailed, jail_config, test_limits};
+
+/// Helpers every attempt cell uses.
+const PRELUDE: &str = r#"
+import os, ctypes, errno, socket, subprocess, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sys_call(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    if r == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+def attempt(name, fn):
+    try:
+        r = fn()
+        print(f"{name}: ESCAPED {r!r}")
+    except Exception as e:
+        code = getattr(e, 'errno', None) or 0
+        print(f"{name}: BLOCKED {type(e).__name__} {errno.errorcode.get(code, '-')}")
+"#;
+
+/// The outcome line of attempt `name` in `out`.
+fn outcome<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no outcome for {name} in:\n{out}"))
+}
+
+/// Asserts attempt `name` was blocked with one of `allowed` (`"<Exception> <ERRNO>"`).
+fn blocked(out: &str, name: &str, allowed: &[&str]) {
+    let line = outcome(out, name);
+    println!("{name:>28}: {line}");
+    let reason = line
+        .strip_prefix("BLOCKED ")
+        .unwrap_or_else(|| panic!("{name} escaped: {line}"));
+    assert!(
+        allowed.contains(&reason),
+        "{name} was blocked, but by {reason:?}, not one of {allowed:?}"
+    );
+}
+
+async fn with_prelude() -> Jailed {
+    let mut kernel = Jailed::start(jail_config("escape")).await;
+    kernel.ok(PRELUDE).await;
+    kernel
+}
+
+const NOT_FOUND: &str = "FileNotFoundError ENOENT";
+const READ_ONLY: &str = "OSError EROFS";
+const DENIED: &str = "PermissionError EPERM";
+const NO_ACCESS: &str = "PermissionError EACCES";
+
+#[tokio::test]
+async fn filesystem_escapes_fail() {
+    let mut kernel = with_prelude().await;
+    // A fake node secret outside the jail, next to the kernel's runtime folder.
+    let secret = kernel.runtime.path().join("token-signing.pem");
+    std::fs::write(&secret, "SECRET").unwrap();
+    let secret = secret.display();
+    let node = std::process::id();
+    let out = kernel
+        .ok(&format!(
+            r#"
+attempt("read node secret", lambda: open("{secret}").read())
+attempt("read /etc/shadow", lambda: open("/etc/shadow").read())
+attempt("read node environ", lambda: open("/proc/{node}/environ").read())
+attempt("read /root/.cargo", lambda: os.listdir("/root/.cargo"))
+attempt("write /usr", lambda: open("/usr/pwned", "w"))
+attempt("write /etc", lambda: open("/etc/passwd", "a"))
+attempt("write /", lambda: open("/pwned", "w"))
+attempt("write python install", lambda: open(os.path.join(os.path.dirname(os.__file__), "pwned.py"), "w"))
+os.symlink("{secret}", "/work/planted")
+attempt("follow planted symlink", lambda: open("/work/planted").read())
+os.symlink("/root/.bash_history", "/work/planted2")
+attempt("follow symlink to /root", lambda: open("/work/planted2").read())
+attempt("read /proc/kcore", lambda: open("/proc/kcore", "rb").read(16))
+attempt("write /sys", lambda: open("/sys/kernel/uevent_helper", "w").write("x"))
+attempt("write /proc/sys", lambda: open("/proc/sys/kernel/hostname", "w").write("x"))
+attempt("mknod device", lambda: os.mknod("/work/mem", 0o600 | 0o020000, os.makedev(1, 1)))
+attempt("open host disk", lambda: open("/dev/sda", "rb"))
+print("root entries:", sorted(os.listdir("/root")))
+print("uid:", os.getuid(), os.geteuid(), "home:", os.environ["HOME"], "cwd:", os.getcwd())
+print("env has node vars:", any(k.startswith(("AIRLOCK", "AWS", "CARGO")) for k in os.environ))
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+print("caps:", status["CapInh"].strip(), status["CapPrm"].strip(), status["CapEff"].strip(), status["CapBnd"].strip(), status["CapAmb"].strip())
+print("no_new_privs:", status["NoNewPrivs"].strip(), "seccomp:", status["Seccomp"].strip())
+r = subprocess.run(["/usr/bin/su", "root", "-c", "id -u"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+print("su:", r.returncode, repr(r.stdout.strip()))
+r = subprocess.run(["/usr/bin/passwd", "-S", "root"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+print("passwd:", r.returncode)
+r = subprocess.run(["/usr/bin/newgrp", "root"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+print("newgrp:", r.returncode)
+"#
+        ))
+        .await;
+    blocked(&out, "read node secret", &[NOT_FOUND]);
+    blocked(&out, "read /etc/shadow", &[NOT_FOUND]);
+    blocked(&out, "read node environ", &[NOT_FOUND]);
+    blocked(&out, "read /root/.cargo", &[NOT_FOUND]);
+    blocked(&out, "write /usr", &[READ_ONLY, NO_ACCESS]);
+    blocked(&out, "write /etc", &[READ_ONLY, NO_ACCESS]);
+    blocked(&out, "write /", &[READ_ONLY, NO_ACCESS]);
+    blocked(&out, "write python install", &[READ_ONLY, NO_ACCESS]);
+    blocked(&out, "follow planted symlink", &[NOT_FOUND]);
+    blocked(&out, "follow symlink to /root", &[NOT_FOUND]);
+    // Absent on kernels built without CONFIG_PROC_KCORE.
+    blocked(&out, "read /proc/kcore", &[NO_ACCESS, DENIED, NOT_FOUND]);
+    blocked(&out, "write /sys", &[NOT_FOUND]);
+    blocked(&out, "write /proc/sys", &[NO_ACCESS, DENIED, READ_ONLY]);
+    blocked(&out, "mknod device", &[DENIED]);
+    blocked(&out, "open host disk", &[NOT_FOUND]);
+    println!("{out}");
+    assert!(
+        out.contains("root entries: ['.local', '.pyenv']"),
+        "only the Python installation of /root is visible:\n{out}"
+    );
+    assert!(
+        out.contains("uid: 1000 1000 home: /work cwd: /work"),
+        "{out}"
+    );
+    assert!(out.contains("env has node vars: False"), "{out}");
+    let zero = "0000000000000000";
+    assert!(
+        out.contains(&format!("caps: {zero} {zero} {zero} {zero} {zero}")),
+        "every capability is dropped:\n{out}"
+    );
+    assert!(out.contains("no_new_privs: 1 seccomp: 2"), "{out}");
+    let su = out.lines().find(|l| l.starts_with("su:")).unwrap();
+    assert!(!su.starts_with("su: 0 "), "su gained root: {su}");
+    assert!(!su.contains("'0'"), "su ran a command as root: {su}");
+    assert!(!out.contains("passwd: 0"), "passwd ran setuid: {out}");
+    assert!(!out.contains("newgrp: 0"), "newgrp ran setuid: {out}");
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn process_and_syscall_escapes_fail() {
+    let mut kernel = with_prelude().await;
+    let mut other = Jailed::start(jail_config("escape")).await;
+    let other_pid = other.bridge.pid().unwrap();
+    let node = std::process::id();
+    let out = kernel
+        .ok(&format!(
+            r#"
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+print("proc pids:", pids)
+attempt("signal node", lambda: os.kill({node}, signal.SIGKILL))
+attempt("signal other kernel", lambda: os.kill({other_pid}, signal.SIGKILL))
+attempt("ptrace init", lambda: sys_call(101, 16, 1, 0, 0))
+attempt("ptrace node", lambda: sys_call(101, 16, {node}, 0, 0))
+attempt("process_vm_readv", lambda: sys_call(310, 1, 0, 0, 0, 0, 0))
+attempt("mount tmpfs", lambda: sys_call(165, b"none", b"/work", b"tmpfs", 0, 0))
+attempt("umount /proc", lambda: sys_call(166, b"/proc", 2))
+attempt("unshare user", lambda: sys_call(272, 0x10000000))
+attempt("unshare net", lambda: sys_call(272, 0x40000000))
+attempt("clone newuser", lambda: sys_call(56, 0x10000000 | 17, 0, 0, 0, 0))
+attempt("setns host net", lambda: sys_call(308, os.open("/proc/1/ns/net", os.O_RDONLY), 0))
+attempt("chroot", lambda: os.chroot("/work"))
+attempt("pivot_root", lambda: sys_call(155, b"/work", b"/work"))
+attempt("init_module", lambda: sys_call(175, 0, 0, b""))
+attempt("finit_module", lambda: sys_call(313, os.open("/dev/null", os.O_RDONLY), b"", 0))
+attempt("delete_module", lambda: sys_call(176, b"ext4", 0))
+attempt("kexec_load", lambda: sys_call(246, 0, 0, 0, 0))
+attempt("keyctl", lambda: sys_call(250, 0, 0, 0, 0))
+attempt("add_key", lambda: sys_call(248, b"user", b"x", b"y", 1, -3))
+attempt("bpf", lambda: sys_call(321, 0, 0, 0))
+attempt("perf_event_open", lambda: sys_call(298, 0, 0, -1, -1, 0))
+attempt("userfaultfd", lambda: sys_call(323, 0))
+attempt("open_by_handle_at", lambda: sys_call(304, 0, 0, 0))
+attempt("io_uring_setup", lambda: sys_call(425, 1, 0))
+attempt("reboot", lambda: sys_call(169, 0xfee1dead, 672274793, 0x1234567, 0))
+attempt("swapon", lambda: sys_call(167, b"/work/swap", 0))
+attempt("settimeofday", lambda: sys_call(164, 0, 0))
+attempt("sethostname", lambda: socket.sethostname("pwned"))
+th = __import__("threading").Thread(target=lambda: print("thread ran"))
+th.start(); th.join()
+r = subprocess.run(["/bin/sh", "-c", "echo child ok"], capture_output=True, text=True)
+print("subprocess:", r.stdout.strip())
+"#
+        ))
+        .await;
+    println!("{out}");
+    let pids_line = out.lines().find(|l| l.starts_with("proc pids:")).unwrap();
+    assert!(
+        pids_line.starts_with("proc pids: [1,") || pids_line == "proc pids: [1]",
+        "the kernel is pid 1 of its own namespace: {pids_line}"
+    );
+    assert!(!pids_line.contains(&format!(" {node},")), "{pids_line}");
+    blocked(&out, "signal node", &["ProcessLookupError ESRCH"]);
+    blocked(&out, "signal other kernel", &["ProcessLookupError ESRCH"]);
+    for name in [
+        "ptrace init",
+        "ptrace node",
+        "process_vm_readv",
+        "mount tmpfs",
+        "umount /proc",
+        "unshare user",
+        "unshare net",
+        "clone newuser",
+        "setns host net",
+        "chroot",
+        "pivot_root",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "kexec_load",
+        "keyctl",
+        "add_key",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "open_by_handle_at",
+        "io_uring_setup",
+        "reboot",
+        "swapon",
+        "settimeofday",
+        "sethostname",
+    ] {
+        blocked(&out, name, &["OSError EPERM", DENIED]);
+    }
+    assert!(out.contains("thread ran"), "threads still work: {out}");
+    assert!(
+        out.contains("subprocess: child ok"),
+        "subprocesses still work: {out}"
+    );
+    // The other kernel survived the attempt to kill it.
+    assert_eq!(other.ok("print('still here')").await, "still here\n");
+    other.shutdown().await;
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn network_escapes_fail() {
+    let mut kernel = with_prelude().await;
+    // A service on the host's loopback, standing in for the node's own ports and any other.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The host's own address on its outside interface (no packet is sent to learn it), with a
+    // listener on every interface.
+    let wide = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    wide.set_nonblocking(true).unwrap();
+    let wide_port = wide.local_addr().unwrap().port();
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let host_ip = match probe.connect("192.0.2.1:9") {
+        Ok(()) => probe.local_addr().unwrap().ip().to_string(),
+        Err(_) => "10.0.0.1".to_owned(),
+    };
+    // An abstract Unix socket on the host: abstract names belong to the network namespace.
+    let abstract_name = format!("airlock-test-{}", std::process::id());
+    let _abstract = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    let out = kernel
+        .ok(&format!(
+            r#"
+def connect(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    t = time.monotonic()
+    try:
+        s.connect((host, port))
+    finally:
+        print(f"{{host}} took {{time.monotonic() - t:.3f}}s")
+        s.close()
+attempt("host loopback service", lambda: connect("127.0.0.1", {port}))
+attempt("host outside address", lambda: connect("{host_ip}", {wide_port}))
+def abstract():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect("\0{abstract_name}")
+attempt("host abstract socket", abstract)
+attempt("metadata address", lambda: connect("169.254.169.254", 80))
+attempt("public address", lambda: connect("1.1.1.1", 80))
+attempt("udp to public dns", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53)))
+attempt("raw socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+attempt("packet socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
+attempt("ipv6 raw socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6))
+print("interfaces:", [name for _, name in socket.if_nameindex()])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+c = socket.create_connection(srv.getsockname(), timeout=5)
+print("own loopback works:", srv.accept()[0] is not None)
+"#
+        ))
+        .await;
+    println!("{out}");
+    blocked(&out, "host outside address", &["OSError ENETUNREACH"]);
+    blocked(
+        &out,
+        "host abstract socket",
+        &["ConnectionRefusedError ECONNREFUSED"],
+    );
+    blocked(
+        &out,
+        "host loopback service",
+        &["ConnectionRefusedError ECONNREFUSED"],
+    );
+    blocked(&out, "metadata address", &["OSError ENETUNREACH"]);
+    blocked(&out, "public address", &["OSError ENETUNREACH"]);
+    blocked(&out, "udp to public dns", &["OSError ENETUNREACH"]);
+    blocked(&out, "raw socket", &[DENIED]);
+    blocked(&out, "packet socket", &[DENIED]);
+    blocked(&out, "ipv6 raw socket", &[DENIED]);
+    for line in out.lines().filter(|l| l.contains(" took ")) {
+        let seconds: f64 = line
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!(seconds < 0.5, "a blocked connection fails at once: {line}");
+    }
+    assert!(out.contains("interfaces: ['lo']"), "{out}");
+    assert!(out.contains("own loopback works: True"), "{out}");
+    assert!(
+        listener.accept().is_err(),
+        "the host service saw no connection"
+    );
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_hold_and_explain_themselves() {
+    let limits = test_limits();
+    let mut kernel = with_prelude().await;
+    // Disk: the work dir is full long before the node's disk is.
+    let out = kernel
+        .ok(&format!(
+            r#"
+def fill(path):
+    with open(path, "wb") as f:
+        for _ in range({chunks}):
+            f.write(b"x" * (1 << 20)); f.flush()
+attempt("fill work dir", lambda: fill("/work/big"))
+os.remove("/work/big")
+attempt("fill /tmp", lambda: fill("/tmp/big"))
+os.remove("/tmp/big")
+"#,
+            chunks = (limits.work_dir_bytes >> 20) * 2
+        ))
+        .await;
+    blocked(&out, "fill work dir", &["OSError ENOSPC", "OSError EFBIG"]);
+    blocked(&out, "fill /tmp", &["OSError ENOSPC", "OSError EFBIG"]);
+
+    // Processes: forking stops at pids.max, with an error Python can catch.
+    let out = kernel
+        .ok(r#"
+children = []
+def fork_all():
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30); os._exit(0)
+        children.append(pid)
+attempt("fork until failure", fork_all)
+print("forked:", len(children))
+for pid in children:
+    os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
+"#)
+        .await;
+    blocked(&out, "fork until failure", &["BlockingIOError EAGAIN"]);
+    let forked: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("forked: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("forked {forked} processes before pids.max {}", limits.pids);
+    assert!(forked < limits.pids, "{forked}");
+
+    // Memory: twice the limit kills the kernel, and the bridge says why.
+    let run = kernel.execute(&format!(
+        "blocks = []\nfor _ in range({}):\n    blocks.append(bytearray(1 << 20))",
+        (limits.memory_bytes >> 20) * 2
+    ));
+    let cause = kernel.death().await;
+    let finished = kernel.finish(run).await;
+    assert_eq!(finished.status, RunStatus::Aborted);
+    println!("memory hog: {cause}");
+    assert_eq!(
+        cause,
+        DeathCause::OutOfMemory {
+            limit_bytes: Some(limits.memory_bytes)
+        }
+    );
+    assert_eq!(
+        cause.to_string(),
+        "kernel died: out of memory (limit 256 MiB)"
+    );
+    kernel.restart().await;
+    assert_eq!(kernel.ok("print('back')").await, "back\n");
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_is_contained() {
+    let mut kernel = Jailed::start(jail_config("forkbomb")).await;
+    // A timer in the test process keeps ticking while the bomb goes off.
+    let ticker = tokio::spawn(async {
+        let mut interval = tokio::time::interval(Duration::from_millis(50));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut worst = Duration::ZERO;
+        let mut last = Instant::now();
+        for _ in 0..80 {
+            interval.tick().await;
+            worst = worst.max(last.elapsed());
+            last = Instant::now();
+        }
+        worst
+    });
+    let run = kernel.execute(
+        "import os, time\nfor _ in range(12):\n    try:\n        os.fork()\n    except OSError:\n        pass\ntime.sleep(2)\nprint('survived', flush=True)",
+    );
+    let worst = ticker.await.unwrap();
+    println!("worst timer gap during the fork bomb: {worst:?}");
+    assert!(
+        worst < Duration::from_millis(1000),
+        "the test process stalled for {worst:?}"
+    );
+    kernel.bridge.interrupt().ok();
+    kernel.restart().await;
+    let _ = run;
+    assert_eq!(kernel.ok("print(1 + 1)").await, "2\n");
+    kernel.shutdown().await;
+}
+
+#[tokio::test]
+async fn cpu_hog_is_held_to_its_quota() {
+    let config = jail_config("cpu");
+    let limits = config.limits;
+    let parent = config.cgroup_parent.clone();
+    let mut kernel = Jailed::start(config).await;
+    let out = kernel
+        .ok(r#"
+import os, time
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+start_wall = time.monotonic(); start = os.times()
+pids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        spin(3); os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+t = os.times()
+wall = time.monotonic() - start_wall
+cpu = (t.children_user + t.children_system) - (start.children_user + start.children_system)
+print(f"cpu {cpu:.3f} wall {wall:.3f} ratio {cpu / wall:.3f}")
+"#)
+        .await;
+    let ratio: f64 = out.split_whitespace().last().unwrap().parse().unwrap();
+    let host = airlock_node::jail::preflight().unwrap();
+    let cgroups = host.cgroup_parents(&parent);
+    let kernel_dir = std::fs::read_dir(cgroups.last().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .file_name();
+    let stat = std::fs::read_to_string(
+        host.cpu_cgroup(&parent, kernel_dir.to_str().unwrap())
+            .join("cpu.stat"),
+    )
+    .unwrap();
+    println!(
+        "two spinning processes under a {} CPU quota: {out}cpu.stat:\n{stat}",
+        limits.cpus
+    );
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(throttled > 0, "the quota throttled the hog");
+    assert!(
+        ratio <= limits.cpus * 1.2,
+        "usage {ratio} over quota {}",
+        limits.cpus
+    );
+    kernel.shutdown().await;
+}
