@@ -175,6 +175,23 @@ async fn tour(
     let report = ada.run("'still here'", |_| {}).await?;
     print_outputs("ada sees", &report.outputs);
 
+    step("The kernel runs in a jail: no host files, no network, no privileges");
+    let code = "import os, socket\n\
+                def attempt(what, f):\n\
+                \x20   try:\n\
+                \x20       f(); print(f'{what}: allowed')\n\
+                \x20   except OSError as e:\n\
+                \x20       print(f'{what}: {e.strerror}')\n\
+                attempt('read /etc/shadow', lambda: open('/etc/shadow').read())\n\
+                attempt('write /usr/evil', lambda: open('/usr/evil', 'w'))\n\
+                attempt('connect 1.1.1.1:80', lambda: socket.create_connection(('1.1.1.1', 80), timeout=2))\n\
+                print('processes visible:', sum(p.isdigit() for p in os.listdir('/proc')), '| uid:', os.getuid())";
+    show_code(
+        "attempt('read /etc/shadow', …); attempt('write /usr/evil', …); attempt('connect 1.1.1.1:80', …)",
+    );
+    let report = ada.run(code, |_| {}).await?;
+    print_outputs("ada sees", &report.outputs);
+
     step("A viewer may watch but not run code");
     let mut viewer = Client::connect(ws, &mint("visitor", Role::Viewer)).await?;
     match viewer.run("print('sneaky')", |_| {}).await {
@@ -276,7 +293,11 @@ fn print_outputs(who: &str, outputs: &[Output]) {
     let renderer = Renderer::new(false);
     for output in outputs {
         match output {
-            Output::Stream { text, .. } => say(&format!("{who}: {}", text.trim_end())),
+            Output::Stream { text, .. } => {
+                for line in text.lines() {
+                    say(&format!("{who}: {line}"));
+                }
+            }
             Output::ExecuteResult { data, .. } => say(&format!("{who}: {}", describe(data))),
             Output::Error { ename, evalue, .. } => say(&format!("{who}: {ename}: {evalue}")),
             other => renderer.output(other),
