@@ -26,35 +26,7 @@ use yrs::{
     StateVector, Text, TextPrelim, TextRef, Transact, TransactionMut, Update,
 };
 
-/// The kinds of cell Airlock runs or shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CellKind {
-    Code,
-    Sql,
-    Markdown,
-    Raw,
-}
-
-impl CellKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CellKind::Code => "code",
-            CellKind::Sql => "sql",
-            CellKind::Markdown => "markdown",
-            CellKind::Raw => "raw",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "code" => CellKind::Code,
-            "sql" => CellKind::Sql,
-            "markdown" => CellKind::Markdown,
-            "raw" => CellKind::Raw,
-            _ => return None,
-        })
-    }
-}
+pub use crate::document::analysis::CellKind;
 
 /// One cell as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,7 +407,7 @@ fn cell_view<T: ReadTxn>(txn: &T, value: Out) -> Option<CellView> {
     };
     let id = string_at(txn, &cell, "id")?;
     let kind = string_at(txn, &cell, "cell_type")
-        .and_then(|s| CellKind::parse(&s))
+        .and_then(|s| s.parse::<CellKind>().ok())
         .unwrap_or(CellKind::Raw);
     let source = match cell.get(txn, "source") {
         Some(Out::YText(text)) => text.get_string(txn),
