@@ -1,5 +1,6 @@
-//! The escape suite: hostile code run as cells in real jailed kernels, each attempt's outcome
-//! asserted from the cell's own output.
+//! The escape suite: hostile code run as cells through a real node (started in-process, reached
+//! by editor clients over QUIC and WebSocket) whose kernel is jailed, each attempt's outcome
+//! asserted from the outputs the client received.
 //!
 //! Every attempt prints one line, `name: BLOCKED <exception> <errno>` or `name: ESCAPED <what it
 //! got>`, and the test checks the line. Limits (memory, pids, disk, CPU) use the small tier of
@@ -11,8 +12,9 @@ mod jail_common;
 
 use std::time::{Duration, Instant};
 
-use airlock_protocol::{DeathCause, RunStatus};
-use jail_common::{Jailed, jail_config, test_limits};
+use airlock_client::Client;
+use airlock_protocol::{ClientMessage, DeathCause, KernelStatus, RunStatus, ServerMessage};
+use jail_common::{JailedNode, PATIENCE, idle, jail_config, next_matching, ok_cell, test_limits};
 
 /// Helpers every attempt cell uses.
 const PRELUDE: &str = r#"
@@ -54,10 +56,12 @@ fn blocked(out: &str, name: &str, allowed: &[&str]) {
     );
 }
 
-async fn with_prelude() -> Jailed {
-    let mut kernel = Jailed::start(jail_config("escape")).await;
-    kernel.ok(PRELUDE).await;
-    kernel
+/// A node with a jailed kernel, and an editor connected over QUIC that has run the prelude.
+async fn with_prelude() -> (JailedNode, Client) {
+    let node = JailedNode::start(jail_config("escape")).await;
+    let mut client = node.editor(&node.quic()).await;
+    ok_cell(&mut client, PRELUDE).await;
+    (node, client)
 }
 
 const NOT_FOUND: &str = "FileNotFoundError ENOENT";
@@ -67,18 +71,17 @@ const NO_ACCESS: &str = "PermissionError EACCES";
 
 #[tokio::test]
 async fn filesystem_escapes_fail() {
-    let mut kernel = with_prelude().await;
+    let (node, mut client) = with_prelude().await;
     // A fake node secret outside the jail, next to the kernel's runtime folder.
-    let secret = kernel.runtime.path().join("token-signing.pem");
+    let secret = node.runtime.path().join("token-signing.pem");
     std::fs::write(&secret, "SECRET").unwrap();
     let secret = secret.display();
-    let node = std::process::id();
-    let out = kernel
-        .ok(&format!(
+    let node_pid = std::process::id();
+    let out = ok_cell(&mut client, &format!(
             r#"
 attempt("read node secret", lambda: open("{secret}").read())
 attempt("read /etc/shadow", lambda: open("/etc/shadow").read())
-attempt("read node environ", lambda: open("/proc/{node}/environ").read())
+attempt("read node environ", lambda: open("/proc/{node_pid}/environ").read())
 attempt("read /root/.cargo", lambda: os.listdir("/root/.cargo"))
 attempt("write /usr", lambda: open("/usr/pwned", "w"))
 attempt("write /etc", lambda: open("/etc/passwd", "a"))
@@ -145,24 +148,27 @@ print("newgrp:", r.returncode)
     assert!(!su.contains("'0'"), "su ran a command as root: {su}");
     assert!(!out.contains("passwd: 0"), "passwd ran setuid: {out}");
     assert!(!out.contains("newgrp: 0"), "newgrp ran setuid: {out}");
-    kernel.shutdown().await;
+    node.shutdown().await;
 }
 
 #[tokio::test]
 async fn process_and_syscall_escapes_fail() {
-    let mut kernel = with_prelude().await;
-    let mut other = Jailed::start(jail_config("escape")).await;
-    let other_pid = other.bridge.pid().unwrap();
-    let node = std::process::id();
-    let out = kernel
-        .ok(&format!(
+    // Two nodes, each with its own jailed kernel: the first one's cell tries to kill the other's.
+    let ((node, mut client), other) =
+        tokio::join!(with_prelude(), JailedNode::start(jail_config("escape")));
+    let mut other_client = other.editor(&other.ws()).await;
+    let other_pid = other.node.kernel_pid.unwrap();
+    let node_pid = std::process::id();
+    let out = ok_cell(
+        &mut client,
+        &format!(
             r#"
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 print("proc pids:", pids)
-attempt("signal node", lambda: os.kill({node}, signal.SIGKILL))
+attempt("signal node", lambda: os.kill({node_pid}, signal.SIGKILL))
 attempt("signal other kernel", lambda: os.kill({other_pid}, signal.SIGKILL))
 attempt("ptrace init", lambda: sys_call(101, 16, 1, 0, 0))
-attempt("ptrace node", lambda: sys_call(101, 16, {node}, 0, 0))
+attempt("ptrace node", lambda: sys_call(101, 16, {node_pid}, 0, 0))
 attempt("process_vm_readv", lambda: sys_call(310, 1, 0, 0, 0, 0, 0))
 attempt("mount tmpfs", lambda: sys_call(165, b"none", b"/work", b"tmpfs", 0, 0))
 attempt("umount /proc", lambda: sys_call(166, b"/proc", 2))
@@ -192,15 +198,16 @@ th.start(); th.join()
 r = subprocess.run(["/bin/sh", "-c", "echo child ok"], capture_output=True, text=True)
 print("subprocess:", r.stdout.strip())
 "#
-        ))
-        .await;
+        ),
+    )
+    .await;
     println!("{out}");
     let pids_line = out.lines().find(|l| l.starts_with("proc pids:")).unwrap();
     assert!(
         pids_line.starts_with("proc pids: [1,") || pids_line == "proc pids: [1]",
         "the kernel is pid 1 of its own namespace: {pids_line}"
     );
-    assert!(!pids_line.contains(&format!(" {node},")), "{pids_line}");
+    assert!(!pids_line.contains(&format!(" {node_pid},")), "{pids_line}");
     blocked(&out, "signal node", &["ProcessLookupError ESRCH"]);
     blocked(&out, "signal other kernel", &["ProcessLookupError ESRCH"]);
     for name in [
@@ -239,15 +246,20 @@ print("subprocess:", r.stdout.strip())
         "subprocesses still work: {out}"
     );
     // The other kernel survived the attempt to kill it.
-    assert_eq!(other.ok("print('still here')").await, "still here\n");
-    other.shutdown().await;
-    kernel.shutdown().await;
+    assert_eq!(
+        ok_cell(&mut other_client, "print('still here')").await,
+        "still here\n"
+    );
+    tokio::join!(other.shutdown(), node.shutdown());
 }
 
 #[tokio::test]
 async fn network_escapes_fail() {
-    let mut kernel = with_prelude().await;
-    // A service on the host's loopback, standing in for the node's own ports and any other.
+    let (node, mut client) = with_prelude().await;
+    // The node's own ports, on the host's loopback.
+    let ws_port = node.node.ws_addr.unwrap().port();
+    let quic_port = node.node.quic_addr.unwrap().port();
+    // Another service on the host's loopback.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -268,8 +280,7 @@ async fn network_escapes_fail() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
     };
-    let out = kernel
-        .ok(&format!(
+    let out = ok_cell(&mut client, &format!(
             r#"
 def connect(host, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -281,6 +292,18 @@ def connect(host, port):
         print(f"{{host}} took {{time.monotonic() - t:.3f}}s")
         s.close()
 attempt("host loopback service", lambda: connect("127.0.0.1", {port}))
+attempt("node websocket port", lambda: connect("127.0.0.1", {ws_port}))
+def datagram(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        s.send(b"\xc0 not quic")
+        # A port nobody listens on answers with ICMP port unreachable: ECONNREFUSED here.
+        return s.recv(64)
+    finally:
+        s.close()
+attempt("node quic port", lambda: datagram("127.0.0.1", {quic_port}))
 attempt("host outside address", lambda: connect("{host_ip}", {wide_port}))
 def abstract():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -311,6 +334,14 @@ print("own loopback works:", srv.accept()[0] is not None)
         "host loopback service",
         &["ConnectionRefusedError ECONNREFUSED"],
     );
+    // The kernel's network namespace has a loopback of its own, where the node listens on nothing.
+    let refused_or_unreachable = [
+        "ConnectionRefusedError ECONNREFUSED",
+        "OSError ENETUNREACH",
+        "OSError EHOSTUNREACH",
+    ];
+    blocked(&out, "node websocket port", &refused_or_unreachable);
+    blocked(&out, "node quic port", &refused_or_unreachable);
     blocked(&out, "metadata address", &["OSError ENETUNREACH"]);
     blocked(&out, "public address", &["OSError ENETUNREACH"]);
     blocked(&out, "udp to public dns", &["OSError ENETUNREACH"]);
@@ -333,16 +364,27 @@ print("own loopback works:", srv.accept()[0] is not None)
         listener.accept().is_err(),
         "the host service saw no connection"
     );
-    kernel.shutdown().await;
+    // The node saw no connection from the cell: the next client to join gets the next session.
+    let first = client.welcome().session.0;
+    let later = node.editor(&node.ws()).await;
+    assert_eq!(
+        later.welcome().session.0,
+        first + 1,
+        "a session opened between the two clients"
+    );
+    node.shutdown().await;
 }
 
 #[tokio::test]
 async fn limits_hold_and_explain_themselves() {
     let limits = test_limits();
-    let mut kernel = with_prelude().await;
+    let (node, mut client) = with_prelude().await;
+    // A second editor, over WebSocket: every client is told why the kernel died.
+    let mut watcher = node.editor(&node.ws()).await;
     // Disk: the work dir is full long before the node's disk is.
-    let out = kernel
-        .ok(&format!(
+    let out = ok_cell(
+        &mut client,
+        &format!(
             r#"
 def fill(path):
     with open(path, "wb") as f:
@@ -354,14 +396,16 @@ attempt("fill /tmp", lambda: fill("/tmp/big"))
 os.remove("/tmp/big")
 "#,
             chunks = (limits.work_dir_bytes >> 20) * 2
-        ))
-        .await;
+        ),
+    )
+    .await;
     blocked(&out, "fill work dir", &["OSError ENOSPC", "OSError EFBIG"]);
     blocked(&out, "fill /tmp", &["OSError ENOSPC", "OSError EFBIG"]);
 
     // Processes: forking stops at pids.max, with an error Python can catch.
-    let out = kernel
-        .ok(r#"
+    let out = ok_cell(
+        &mut client,
+        r#"
 children = []
 def fork_all():
     while True:
@@ -373,8 +417,9 @@ attempt("fork until failure", fork_all)
 print("forked:", len(children))
 for pid in children:
     os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
-"#)
-        .await;
+"#,
+    )
+    .await;
     blocked(&out, "fork until failure", &["BlockingIOError EAGAIN"]);
     let forked: u64 = out
         .lines()
@@ -386,32 +431,61 @@ for pid in children:
     assert!(forked < limits.pids, "{forked}");
 
     // Memory: twice the limit kills the kernel, and the bridge says why.
-    let run = kernel.execute(&format!(
+    let hog = format!(
         "blocks = []\nfor _ in range({}):\n    blocks.append(bytearray(1 << 20))",
         (limits.memory_bytes >> 20) * 2
-    ));
-    let cause = kernel.death().await;
-    let finished = kernel.finish(run).await;
-    assert_eq!(finished.status, RunStatus::Aborted);
-    println!("memory hog: {cause}");
-    assert_eq!(
-        cause,
-        DeathCause::OutOfMemory {
-            limit_bytes: Some(limits.memory_bytes)
-        }
     );
-    assert_eq!(
-        cause.to_string(),
-        "kernel died: out of memory (limit 256 MiB)"
-    );
-    kernel.restart().await;
-    assert_eq!(kernel.ok("print('back')").await, "back\n");
-    kernel.shutdown().await;
+    let mut seen = None;
+    let report = tokio::time::timeout(
+        PATIENCE,
+        client.run(&hog, |message| {
+            if let Some(cause) = death(message.clone()) {
+                seen = Some(cause);
+            }
+        }),
+    )
+    .await
+    .expect("the memory hog ended in time")
+    .expect("run accepted");
+    assert_eq!(report.done.status, RunStatus::Aborted);
+    let runner_saw = match seen {
+        Some(cause) => cause,
+        None => next_matching(&mut client, death).await,
+    };
+    let watcher_saw = next_matching(&mut watcher, death).await;
+    for (who, cause) in [("QUIC", runner_saw), ("WebSocket", watcher_saw)] {
+        println!("memory hog, as the {who} client heard it: {cause}");
+        assert_eq!(
+            cause,
+            DeathCause::OutOfMemory {
+                limit_bytes: Some(limits.memory_bytes)
+            },
+            "{who}"
+        );
+        assert_eq!(
+            cause.to_string(),
+            "kernel died: out of memory (limit 256 MiB)",
+            "{who}"
+        );
+    }
+    client.send(&ClientMessage::Restart).await.unwrap();
+    idle(&mut watcher).await;
+    assert_eq!(ok_cell(&mut client, "print('back')").await, "back\n");
+    node.shutdown().await;
+}
+
+/// Why the kernel died, if `message` says it did.
+fn death(message: ServerMessage) -> Option<DeathCause> {
+    match message {
+        ServerMessage::Kernel(KernelStatus::Dead { cause }) => Some(cause),
+        _ => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_bomb_is_contained() {
-    let mut kernel = Jailed::start(jail_config("forkbomb")).await;
+    let node = JailedNode::start(jail_config("forkbomb")).await;
+    let mut client = node.editor(&node.quic()).await;
     // A timer in the test process keeps ticking while the bomb goes off.
     let ticker = tokio::spawn(async {
         let mut interval = tokio::time::interval(Duration::from_millis(50));
@@ -425,20 +499,27 @@ async fn fork_bomb_is_contained() {
         }
         worst
     });
-    let run = kernel.execute(
+    client
+        .execute(
         "import os, time\nfor _ in range(12):\n    try:\n        os.fork()\n    except OSError:\n        pass\ntime.sleep(2)\nprint('survived', flush=True)",
-    );
+    )
+    .await
+    .unwrap();
     let worst = ticker.await.unwrap();
     println!("worst timer gap during the fork bomb: {worst:?}");
     assert!(
         worst < Duration::from_millis(1000),
         "the test process stalled for {worst:?}"
     );
-    kernel.bridge.interrupt().ok();
-    kernel.restart().await;
-    let _ = run;
-    assert_eq!(kernel.ok("print(1 + 1)").await, "2\n");
-    kernel.shutdown().await;
+    client.send(&ClientMessage::Interrupt).await.unwrap();
+    client.send(&ClientMessage::Restart).await.unwrap();
+    next_matching(&mut client, |m| {
+        matches!(m, ServerMessage::Kernel(KernelStatus::Restarting)).then_some(())
+    })
+    .await;
+    idle(&mut client).await;
+    assert_eq!(ok_cell(&mut client, "print(1 + 1)").await, "2\n");
+    node.shutdown().await;
 }
 
 #[tokio::test]
@@ -446,9 +527,11 @@ async fn cpu_hog_is_held_to_its_quota() {
     let config = jail_config("cpu");
     let limits = config.limits;
     let parent = config.cgroup_parent.clone();
-    let mut kernel = Jailed::start(config).await;
-    let out = kernel
-        .ok(r#"
+    let node = JailedNode::start(config).await;
+    let mut client = node.editor(&node.quic()).await;
+    let out = ok_cell(
+        &mut client,
+        r#"
 import os, time
 def spin(seconds):
     end = time.monotonic() + seconds
@@ -467,8 +550,9 @@ t = os.times()
 wall = time.monotonic() - start_wall
 cpu = (t.children_user + t.children_system) - (start.children_user + start.children_system)
 print(f"cpu {cpu:.3f} wall {wall:.3f} ratio {cpu / wall:.3f}")
-"#)
-        .await;
+"#,
+    )
+    .await;
     let ratio: f64 = out.split_whitespace().last().unwrap().parse().unwrap();
     let host = airlock_node::jail::preflight().unwrap();
     let cgroups = host.cgroup_parents(&parent);
@@ -499,5 +583,5 @@ print(f"cpu {cpu:.3f} wall {wall:.3f} ratio {cpu / wall:.3f}")
         "usage {ratio} over quota {}",
         limits.cpus
     );
-    kernel.shutdown().await;
+    node.shutdown().await;
 }

@@ -67,7 +67,8 @@ pub struct PythonArgs {
     python_env: Option<PathBuf>,
 }
 
-/// How kernels are sandboxed: jailed by default, with per-kernel limits.
+/// How kernels are sandboxed: jailed by default, with per-kernel limits taken from a tier and
+/// overridden field by field by the explicit limit flags.
 #[derive(Debug, clap::Args)]
 pub struct JailArgs {
     /// Run kernels WITHOUT any sandbox (no namespaces, limits, seccomp or landlock): kernel code
@@ -75,51 +76,99 @@ pub struct JailArgs {
     /// fail the jail's preflight only; logged loudly on every start.
     #[arg(long)]
     insecure_no_jail: bool,
-    /// Memory limit of each kernel (its work dir and /tmp count against it), e.g. 512M or 2G.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
-    memory: u64,
-    /// Most processes and threads each kernel may run at once.
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pids: u64,
-    /// CPU each kernel may use, in cores (0.5 = half a core).
-    #[arg(long, value_name = "CORES", default_value_t = 1.0)]
-    cpus: f64,
-    /// Size of each kernel's writable work dir (its cwd and HOME), e.g. 256M.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    work_dir_size: u64,
+    /// The preset of per-kernel limits: small (512M, 0.5 cores, 128 pids, 128M work dir, 512
+    /// open files), standard (1G, 1 core, 256, 256M, 1024) or large (4G, 2 cores, 1024, 1G,
+    /// 4096). The flags below override single limits of the tier.
+    #[arg(long, value_name = "TIER", value_enum, default_value_t = TierName::Standard)]
+    tier: TierName,
+    /// Memory limit of each kernel (its work dir and /tmp count against it), e.g. 512M or 2G
+    /// [default: the tier's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Most processes and threads each kernel may run at once [default: the tier's].
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU each kernel may use, in cores (0.5 = half a core) [default: the tier's].
+    #[arg(long, value_name = "CORES")]
+    cpus: Option<f64>,
+    /// Size of each kernel's writable work dir (its cwd and HOME), e.g. 256M [default: the
+    /// tier's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    work_dir_size: Option<u64>,
+    /// Most files each kernel process may have open at once [default: the tier's].
+    #[arg(long, value_name = "N")]
+    open_files: Option<u64>,
+}
+
+/// The `--tier` values; [`airlock_node::jail::Tier`] holds their limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TierName {
+    Small,
+    Standard,
+    Large,
+}
+
+impl From<TierName> for airlock_node::jail::Tier {
+    fn from(name: TierName) -> Self {
+        use airlock_node::jail::Tier;
+        match name {
+            TierName::Small => Tier::Small,
+            TierName::Standard => Tier::Standard,
+            TierName::Large => Tier::Large,
+        }
+    }
 }
 
 impl JailArgs {
     /// The jail configuration, after checking that this host can jail kernels; `None` with
     /// `--insecure-no-jail`.
     pub fn config(&self) -> anyhow::Result<Option<airlock_node::jail::JailConfig>> {
-        use airlock_node::jail::{JailConfig, TierLimits, preflight};
+        use airlock_node::jail::{JailConfig, preflight};
         if self.insecure_no_jail {
             let warning = "--insecure-no-jail: kernels run WITHOUT a sandbox; any code a user runs can read this node's secrets, files and network";
             tracing::warn!("{warning}");
             eprintln!("WARNING: {warning}");
             return Ok(None);
         }
-        if !self.cpus.is_finite() || self.cpus <= 0.0 {
-            anyhow::bail!(
-                "--cpus must be a positive number of cores, not {}",
-                self.cpus
-            );
-        }
+        let limits = self.limits()?;
+        tracing::info!(
+            tier = %airlock_node::jail::Tier::from(self.tier),
+            memory_bytes = limits.memory_bytes,
+            cpus = limits.cpus,
+            pids = limits.pids,
+            work_dir_bytes = limits.work_dir_bytes,
+            open_files = limits.open_files,
+            "kernel limits"
+        );
         let host = preflight()?;
         for warning in &host.warnings {
             tracing::warn!("jail: {warning}");
         }
         Ok(Some(JailConfig {
-            limits: TierLimits {
-                memory_bytes: self.memory,
-                cpus: self.cpus,
-                pids: self.pids,
-                work_dir_bytes: self.work_dir_size,
-                ..TierLimits::default()
-            },
+            limits,
             ..JailConfig::default()
         }))
+    }
+
+    /// The tier's limits with every explicitly given limit flag applied over them.
+    fn limits(&self) -> anyhow::Result<airlock_node::jail::TierLimits> {
+        let tier = airlock_node::jail::Tier::from(self.tier);
+        let preset = tier.limits();
+        let limits = airlock_node::jail::TierLimits {
+            memory_bytes: self.memory.unwrap_or(preset.memory_bytes),
+            cpus: self.cpus.unwrap_or(preset.cpus),
+            pids: self.pids.unwrap_or(preset.pids),
+            work_dir_bytes: self.work_dir_size.unwrap_or(preset.work_dir_bytes),
+            open_files: self.open_files.unwrap_or(preset.open_files),
+            ..preset
+        };
+        if !limits.cpus.is_finite() || limits.cpus <= 0.0 {
+            anyhow::bail!(
+                "--cpus must be a positive number of cores, not {}",
+                limits.cpus
+            );
+        }
+        Ok(limits)
     }
 }
 
@@ -168,5 +217,89 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => keys::token(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Python(args) => python::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed expectation is a failed test
+
+    use airlock_node::jail::{Tier, TierLimits};
+    use clap::Parser;
+
+    use super::JailArgs;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        jail: JailArgs,
+    }
+
+    fn limits(args: &[&str]) -> TierLimits {
+        let flags =
+            Flags::try_parse_from(std::iter::once("airlock").chain(args.iter().copied())).unwrap();
+        flags.jail.limits().unwrap()
+    }
+
+    #[test]
+    fn the_tier_is_standard_unless_named() {
+        assert_eq!(limits(&[]), Tier::Standard.limits());
+        assert_eq!(limits(&["--tier", "small"]), Tier::Small.limits());
+        assert_eq!(limits(&["--tier", "standard"]), Tier::Standard.limits());
+        assert_eq!(limits(&["--tier", "large"]), Tier::Large.limits());
+        assert!(Flags::try_parse_from(["airlock", "--tier", "huge"]).is_err());
+    }
+
+    #[test]
+    fn explicit_limits_override_the_tier() {
+        let large = Tier::Large.limits();
+        assert_eq!(
+            limits(&["--tier", "large", "--memory", "2G"]),
+            TierLimits {
+                memory_bytes: 2 << 30,
+                ..large
+            }
+        );
+        assert_eq!(
+            limits(&[
+                "--tier",
+                "small",
+                "--memory",
+                "768M",
+                "--cpus",
+                "1.5",
+                "--pids",
+                "64",
+                "--work-dir-size",
+                "64M",
+                "--open-files",
+                "100",
+            ]),
+            TierLimits {
+                memory_bytes: 768 << 20,
+                cpus: 1.5,
+                pids: 64,
+                work_dir_bytes: 64 << 20,
+                open_files: 100,
+                ..Tier::Small.limits()
+            }
+        );
+        // Without --tier the overrides apply over the standard tier.
+        assert_eq!(
+            limits(&["--open-files", "4096"]),
+            TierLimits {
+                open_files: 4096,
+                ..Tier::Standard.limits()
+            }
+        );
+    }
+
+    #[test]
+    fn nonsense_cpus_are_refused() {
+        for cpus in ["0", "-1", "NaN", "inf"] {
+            let flag = format!("--cpus={cpus}");
+            let flags = Flags::try_parse_from(["airlock", flag.as_str()]).unwrap();
+            assert!(flags.jail.limits().is_err(), "--cpus {cpus}");
+        }
     }
 }

@@ -49,7 +49,9 @@ mod plan;
 mod preflight;
 mod seccomp;
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 pub(crate) use plan::KernelJail;
 pub use preflight::{CgroupFlavor, HostSupport, Missing, PreflightError, preflight};
@@ -74,16 +76,77 @@ pub struct TierLimits {
 }
 
 impl Default for TierLimits {
-    /// 1 GiB of memory, one core, 256 processes, a 256 MiB work dir, 1024 open files.
+    /// The [`Tier::Standard`] limits.
     fn default() -> Self {
+        Tier::Standard.limits()
+    }
+}
+
+/// A named preset of [`TierLimits`]: the sizes of kernel a node offers. Explicit limits
+/// (`--memory` and friends) override single fields of a tier's preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Tier {
+    /// Half a core and 512 MiB: teaching notebooks, quick looks at small data.
+    Small,
+    /// One core and 1 GiB: the default.
+    #[default]
+    Standard,
+    /// Two cores and 4 GiB: data-heavy notebooks.
+    Large,
+}
+
+impl Tier {
+    /// Every tier, smallest first.
+    pub const ALL: [Tier; 3] = [Tier::Small, Tier::Standard, Tier::Large];
+
+    /// The tier's limits. The work dir stays a quarter of the memory or less, because the work
+    /// dir is tmpfs and counts against the memory limit (a full work dir must be `ENOSPC`, not
+    /// an OOM kill).
+    pub fn limits(self) -> TierLimits {
+        let (memory_bytes, cpus, pids, work_dir_bytes, open_files) = match self {
+            Tier::Small => (512 << 20, 0.5, 128, 128 << 20, 512),
+            Tier::Standard => (1 << 30, 1.0, 256, 256 << 20, 1024),
+            Tier::Large => (4 << 30, 2.0, 1024, 1 << 30, 4096),
+        };
         TierLimits {
-            memory_bytes: 1 << 30,
-            cpus: 1.0,
+            memory_bytes,
+            cpus,
             cpu_period_us: 100_000,
-            pids: 256,
-            work_dir_bytes: 256 << 20,
-            open_files: 1024,
+            pids,
+            work_dir_bytes,
+            open_files,
         }
+    }
+
+    /// The tier's name in configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Small => "small",
+            Tier::Standard => "standard",
+            Tier::Large => "large",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A tier name that is not one of [`Tier::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tier {0:?}; the tiers are small, standard and large")]
+pub struct UnknownTier(pub String);
+
+impl FromStr for Tier {
+    type Err = UnknownTier;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|tier| tier.name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| UnknownTier(name.to_owned()))
     }
 }
 
@@ -98,6 +161,7 @@ impl TierLimits {
 /// How kernels are jailed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JailConfig {
+    /// Usually a [`Tier`]'s limits, possibly with fields overridden.
     pub limits: TierLimits,
     /// Name of the cgroup folder under which each kernel gets its own
     /// (`/sys/fs/cgroup/<cgroup_parent>/<kernel>` on cgroup v2).
@@ -107,6 +171,16 @@ pub struct JailConfig {
     /// namespace it is always uid 1000.
     pub uid_base: u32,
     pub uid_count: u32,
+}
+
+impl JailConfig {
+    /// The default configuration with `tier`'s limits.
+    pub fn for_tier(tier: Tier) -> Self {
+        JailConfig {
+            limits: tier.limits(),
+            ..JailConfig::default()
+        }
+    }
 }
 
 impl Default for JailConfig {
@@ -151,4 +225,69 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_tier_table() {
+        let table: Vec<_> = Tier::ALL
+            .into_iter()
+            .map(|tier| {
+                let l = tier.limits();
+                (
+                    tier.name(),
+                    l.memory_bytes,
+                    l.cpus,
+                    l.pids,
+                    l.work_dir_bytes,
+                    l.open_files,
+                )
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                ("small", 512 * MIB, 0.5, 128, 128 * MIB, 512),
+                ("standard", GIB, 1.0, 256, 256 * MIB, 1024),
+                ("large", 4 * GIB, 2.0, 1024, GIB, 4096),
+            ]
+        );
+        for tier in Tier::ALL {
+            let limits = tier.limits();
+            assert_eq!(limits.cpu_period_us, 100_000, "{tier}");
+            assert!(
+                limits.work_dir_bytes * 4 <= limits.memory_bytes,
+                "{tier}: a full work dir must not OOM-kill the kernel"
+            );
+        }
+        assert_eq!(Tier::Small.limits().cpu_quota_us(), 50_000);
+        assert_eq!(Tier::Large.limits().cpu_quota_us(), 200_000);
+    }
+
+    #[test]
+    fn standard_is_the_default() {
+        assert_eq!(Tier::default(), Tier::Standard);
+        assert_eq!(TierLimits::default(), Tier::Standard.limits());
+        assert_eq!(JailConfig::default().limits, Tier::Standard.limits());
+        assert_eq!(
+            JailConfig::for_tier(Tier::Large).limits,
+            Tier::Large.limits()
+        );
+    }
+
+    #[test]
+    fn tiers_parse_by_name() {
+        for tier in Tier::ALL {
+            assert_eq!(tier.name().parse(), Ok(tier));
+            assert_eq!(tier.to_string(), tier.name());
+        }
+        assert_eq!(" Large".parse(), Ok(Tier::Large));
+        assert_eq!("huge".parse::<Tier>(), Err(UnknownTier("huge".to_owned())));
+    }
 }

@@ -1,16 +1,23 @@
-//! What the jail tests share: the interpreter, a jailed kernel harness, and cell helpers.
+//! What the jail tests share: the interpreter, a jailed kernel harness, a real node with a
+//! jailed kernel reached by clients over QUIC and WebSocket, and cell helpers.
 //!
-//! Each helper waits on kernel events bounded by a timeout, never on sleeps.
+//! Each helper waits on kernel events or node messages bounded by a timeout, never on sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use airlock_client::{Client, Target, Trust};
 use airlock_node::jail::{JailConfig, TierLimits};
 use airlock_node::kernel::{
     KernelBridge, KernelConfig, KernelEvent, Progress, PythonSource, ensure_python,
 };
-use airlock_protocol::{KernelStatus, Output, RunId, RunStatus};
+use airlock_node::tls::TlsSource;
+use airlock_node::{NodeConfig, RunningNode};
+use airlock_protocol::token::{self, Claims, Role};
+use airlock_protocol::{FrameLimit, KernelStatus, Output, RunId, RunStatus, ServerMessage};
+use ed25519_dalek::SigningKey;
 use tokio::sync::{OnceCell, mpsc};
 
 /// How long any single awaited event may take before the test fails.
@@ -63,6 +70,17 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Fails the test unless the run succeeded; hands back its stdout.
+    pub fn ok(self, code: &str) -> String {
+        assert_eq!(
+            self.status,
+            RunStatus::Ok,
+            "cell failed: {code}\n{:?}",
+            self.outputs
+        );
+        self.stdout()
+    }
+
     /// Everything printed on stdout.
     pub fn stdout(&self) -> String {
         self.outputs
@@ -136,14 +154,7 @@ impl Jailed {
 
     /// Runs `code` and returns its stdout; the run must succeed.
     pub async fn ok(&mut self, code: &str) -> String {
-        let finished = self.run(code).await;
-        assert_eq!(
-            finished.status,
-            RunStatus::Ok,
-            "cell failed: {code}\n{:?}",
-            finished.outputs
-        );
-        finished.stdout()
+        self.run(code).await.ok(code)
     }
 
     /// Waits for the kernel to be reported dead and returns why.
@@ -174,4 +185,139 @@ impl Jailed {
         }
         self.runtime
     }
+}
+
+/// The document every jailed test node serves.
+pub const DOC: &str = "jail-under-test";
+
+/// A real node, started in-process, whose kernel is jailed: QUIC and WebSocket on loopback,
+/// self-signed TLS, tokens signed by a key of its own.
+pub struct JailedNode {
+    pub node: RunningNode,
+    key: SigningKey,
+    cgroup_parent: String,
+    /// The kernel's runtime folder lives under this one.
+    pub runtime: tempfile::TempDir,
+}
+
+impl JailedNode {
+    pub async fn start(config: JailConfig) -> JailedNode {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let runtime = tempfile::tempdir().unwrap();
+        let cgroup_parent = config.cgroup_parent.clone();
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let start = airlock_node::start(NodeConfig {
+            document: DOC.into(),
+            epoch: 0,
+            token_key: key.verifying_key(),
+            quic_listen: Some(loopback),
+            ws_listen: Some(loopback),
+            tls: TlsSource::SelfSigned {
+                names: vec!["localhost".into()],
+            },
+            kernel: KernelConfig::jailed(python().await, runtime.path().to_owned(), config),
+            frame_limit: FrameLimit::default(),
+        });
+        let node = tokio::time::timeout(PATIENCE, start)
+            .await
+            .expect("node start timed out")
+            .expect("node with a jailed kernel starts");
+        JailedNode {
+            node,
+            key,
+            cgroup_parent,
+            runtime,
+        }
+    }
+
+    pub fn quic(&self) -> Target {
+        Target::Quic {
+            addr: self.node.quic_addr.unwrap(),
+            server_name: "localhost".into(),
+            trust: Trust::Fingerprint(self.node.fingerprint.clone()),
+        }
+    }
+
+    pub fn ws(&self) -> Target {
+        Target::WebSocket {
+            url: format!("ws://{}/v1/doc", self.node.ws_addr.unwrap()),
+            json: false,
+        }
+    }
+
+    /// A client with the editor role, connected over `target`.
+    pub async fn editor(&self, target: &Target) -> Client {
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let token = token::sign(
+            &Claims {
+                doc: DOC.into(),
+                user: "attacker".into(),
+                role: Role::Editor,
+                epoch: 0,
+                exp,
+            },
+            &self.key,
+        );
+        tokio::time::timeout(PATIENCE, Client::connect(target, &token))
+            .await
+            .expect("connect timed out")
+            .expect("editor connects")
+    }
+
+    /// Shuts the node (and its kernel) down, then removes the test's cgroup parent when empty.
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+        if let Ok(host) = airlock_node::jail::preflight() {
+            for parent in host.cgroup_parents(&self.cgroup_parent) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+/// Runs `code` as a cell through the node and collects what it produced.
+pub async fn run_cell(client: &mut Client, code: &str) -> Finished {
+    let report = tokio::time::timeout(PATIENCE, client.run(code, |_| {}))
+        .await
+        .expect("run finished in time")
+        .expect("run accepted");
+    Finished {
+        outputs: report.outputs,
+        status: report.done.status,
+    }
+}
+
+/// Runs `code` as a cell through the node and returns its stdout; the run must succeed.
+pub async fn ok_cell(client: &mut Client, code: &str) -> String {
+    run_cell(client, code).await.ok(code)
+}
+
+/// The next message matching `pick`, skipping others.
+pub async fn next_matching<T>(
+    client: &mut Client,
+    mut pick: impl FnMut(ServerMessage) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, client.recv())
+            .await
+            .expect("expected message in time")
+            .expect("connection open");
+        if let Some(found) = pick(message) {
+            return found;
+        }
+    }
+}
+
+/// Waits until the node reports the kernel idle.
+pub async fn idle(client: &mut Client) {
+    next_matching(client, |m| {
+        matches!(m, ServerMessage::Kernel(KernelStatus::Idle)).then_some(())
+    })
+    .await;
 }
