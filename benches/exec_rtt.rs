@@ -54,6 +54,8 @@ const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for the peer script (it starts five kernels and a Kernel Gateway).
 const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Above this share of the CPU taken by other processes, the figures are called noisy.
+const NOISY_OTHER_CPU: f64 = 0.10;
 /// How many of the node's last stderr lines an error shows.
 const NODE_LOG_TAIL: usize = 40;
 
@@ -86,15 +88,12 @@ async fn bench() -> anyhow::Result<()> {
     let sandbox = Sandbox::of_this_host();
     progress(&format!("kernels are {}", sandbox.describe()));
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
-    let load_before = load_average();
     let measured = measure(&python, &sandbox, scratch.path()).await?;
-    let load_after = load_average();
     let peer = peer().await;
     let report = Report {
         python,
         measured,
         peer,
-        load: [load_before, load_after],
         sandbox,
     };
     report.print_table();
@@ -256,6 +255,9 @@ struct Measured {
     ws_json: Sample,
     direct: Sample,
     memory: Memory,
+    /// The share of the machine's CPU time that other processes took while the samples were
+    /// taken.
+    other_cpu: Option<f64>,
 }
 
 /// Takes the samples so that load from elsewhere on the machine falls on every contender
@@ -489,7 +491,11 @@ async fn measure_with_node(
         next_run: 0,
         sample: Sample::default(),
     };
+    let before = CpuTicks::now();
     let taken = interleave(&mut contenders, &mut direct, token).await;
+    let other_cpu = before
+        .zip(CpuTicks::now())
+        .and_then(|(before, after)| before.others_share(&after));
     let direct = direct.sample;
     bridge.shutdown().await;
     taken?;
@@ -506,6 +512,7 @@ async fn measure_with_node(
         ws_binary,
         ws_json,
         direct,
+        other_cpu,
         memory: Memory {
             node_rss_mb,
             node_peak_mb,
@@ -701,8 +708,6 @@ struct Report {
     python: PathBuf,
     measured: Measured,
     peer: PeerFigures,
-    /// The 1-minute load average before and after Airlock was measured.
-    load: [Option<f64>; 2],
     sandbox: Sandbox,
 }
 
@@ -839,19 +844,20 @@ impl Report {
         }
         println!("kernels' Python: {}", self.python.display());
         println!("kernels: {}", self.sandbox.describe());
-        let cores = cores();
-        if let [Some(before), Some(after)] = self.load {
-            let busy = before.max(after) > cores as f64;
-            println!(
-                "machine: {cores} cores, load average {before:.1} before and {after:.1} after \
-                 measuring Airlock{}",
-                if busy {
-                    " -- other work competed for the CPU: the figures are noisy, compare only \
-                     within this run and rerun on a quiet machine before judging the target"
+        match self.measured.other_cpu {
+            Some(share) => println!(
+                "machine: {} cores; other work used {:.0}% of their time while Airlock was \
+                 measured{}",
+                cores(),
+                share * 100.0,
+                if share > NOISY_OTHER_CPU {
+                    " -- enough to make these figures noisy: compare only within this run, and \
+                     rerun on a quiet machine before judging the target"
                 } else {
                     ""
                 }
-            );
+            ),
+            None => println!("machine: {} cores", cores()),
         }
     }
 
@@ -904,8 +910,7 @@ impl Report {
             },
             "machine": {
                 "cores": cores(),
-                "load_average_before": self.load[0],
-                "load_average_after": self.load[1],
+                "other_cpu_share": self.measured.other_cpu.map(round3),
             },
         })
     }
@@ -919,14 +924,65 @@ fn round3(value: f64) -> f64 {
     (value * 1e3).round() / 1e3
 }
 
-/// The 1-minute load average.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// CPU time in clock ticks: the whole machine's, busy and in all, and this benchmark's own
+/// process tree's (itself, the node, the jail supervisors and the kernels).
+struct CpuTicks {
+    machine_busy: u64,
+    machine_total: u64,
+    ours: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // `cpu  user nice system idle iowait irq softirq steal guest guest_nice`; guest time is
+        // already counted in user.
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        let mut tree = vec![std::process::id()];
+        let mut seen = 0;
+        while let Some(&pid) = tree.get(seen) {
+            seen += 1;
+            if tree.len() < 256 {
+                tree.extend(children_of(pid));
+            }
+        }
+        let ours = tree.iter().filter_map(|&pid| process_ticks(pid)).sum();
+        Some(CpuTicks {
+            machine_busy: user + nice + system + irq + softirq + steal,
+            machine_total: user + nice + system + idle + iowait + irq + softirq + steal,
+            ours,
+        })
+    }
+
+    /// The share of the machine's CPU time between `self` and `later` that went to processes
+    /// outside this benchmark.
+    fn others_share(&self, later: &CpuTicks) -> Option<f64> {
+        let total = later.machine_total.checked_sub(self.machine_total)?;
+        let busy = later.machine_busy.checked_sub(self.machine_busy)?;
+        let ours = later.ours.saturating_sub(self.ours);
+        (total > 0).then(|| busy.saturating_sub(ours) as f64 / total as f64)
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After `pid (comm)`: state is field 3, utime field 14, stime field 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn cores() -> usize {

@@ -3,6 +3,7 @@
 //!
 //! Everything here is sans-IO: bytes in, bytes and change summaries out.
 
+pub mod ipynb;
 pub mod notebook;
 pub mod validate;
 
