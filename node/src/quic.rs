@@ -117,6 +117,21 @@ impl FrameWriter for QuicWriter {
             .map_err(|err| WriteError::Transport(err.to_string()))
     }
 
+    async fn send_batch(
+        &mut self,
+        messages: &[crate::hub::Broadcast],
+        _form: Form,
+    ) -> Result<(), WriteError> {
+        let mut frames = Vec::new();
+        for message in messages {
+            frames.extend(codec::encode_frame(message.as_ref(), self.limit)?);
+        }
+        self.send
+            .write_all(&frames)
+            .await
+            .map_err(|err| WriteError::Transport(err.to_string()))
+    }
+
     async fn close(&mut self, code: Option<ErrorCode>) {
         let _ = self.send.finish();
         // Let the error frame reach the client before the connection goes.

@@ -52,6 +52,14 @@ pub trait FrameWriter: Send {
         form: Form,
     ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send;
 
+    /// Sends several messages with as few writes as the transport allows: events that are
+    /// already waiting go out together (one QUIC stream write, one WebSocket flush).
+    fn send_batch(
+        &mut self,
+        messages: &[crate::hub::Broadcast],
+        form: Form,
+    ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send;
+
     /// Flushes and closes the connection; `code` is the fatal error that ended it, if one did,
     /// for transports that carry a close code.
     fn close(&mut self, code: Option<ErrorCode>) -> impl std::future::Future<Output = ()> + Send;
@@ -200,6 +208,16 @@ async fn fail_read<W: FrameWriter>(writer: &mut W, err: ReadError, form: Form) {
     }
 }
 
+/// The most queued events one write carries.
+const MAX_BATCH: usize = 64;
+
+fn lagged_reply(missed: u64) -> ErrorReply {
+    ErrorReply::fatal(
+        ErrorCode::Busy,
+        format!("this client fell {missed} messages behind the document; reconnect to catch up"),
+    )
+}
+
 /// The steady state of a session: client requests go to the hub, hub events go to the client.
 struct Relay<'a> {
     hub: &'a HubHandle,
@@ -232,17 +250,29 @@ impl Relay<'_> {
                 },
                 event = events.recv() => match event {
                     Ok(event) => {
-                        if writer.send(&event, self.form).await.is_err() {
+                        // Take whatever else is already waiting, so events that arrive together
+                        // (a status and a run's end, say) leave in one write.
+                        let mut batch = vec![event];
+                        let mut lagged = None;
+                        while batch.len() < MAX_BATCH {
+                            match events.try_recv() {
+                                Ok(event) => batch.push(event),
+                                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                                    lagged = Some(missed);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if writer.send_batch(&batch, self.form).await.is_err() {
                             return;
+                        }
+                        if let Some(missed) = lagged {
+                            return fail(writer, lagged_reply(missed), self.form).await;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let reply = ErrorReply::fatal(
-                            ErrorCode::Busy,
-                            format!("this client fell {missed} messages behind the document; \
-                                     reconnect to catch up"),
-                        );
-                        return fail(writer, reply, self.form).await;
+                        return fail(writer, lagged_reply(missed), self.form).await;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         writer.close(None).await;

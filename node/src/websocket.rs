@@ -123,14 +123,38 @@ struct WsWriter {
     limit: FrameLimit,
 }
 
-impl FrameWriter for WsWriter {
-    async fn send(&mut self, message: &ServerMessage, form: Form) -> Result<(), WriteError> {
-        let message = match form {
+impl WsWriter {
+    fn encode(&self, message: &ServerMessage, form: Form) -> Result<Message, WriteError> {
+        Ok(match form {
             Form::Binary => Message::Binary(codec::encode_frame(message, self.limit)?.into()),
             Form::Json => Message::Text(codec::encode_json(message, self.limit)?.into()),
-        };
+        })
+    }
+}
+
+impl FrameWriter for WsWriter {
+    async fn send(&mut self, message: &ServerMessage, form: Form) -> Result<(), WriteError> {
+        let message = self.encode(message, form)?;
         self.sink
             .send(message)
+            .await
+            .map_err(|err| WriteError::Transport(err.to_string()))
+    }
+
+    async fn send_batch(
+        &mut self,
+        messages: &[crate::hub::Broadcast],
+        form: Form,
+    ) -> Result<(), WriteError> {
+        for message in messages {
+            let message = self.encode(message, form)?;
+            self.sink
+                .feed(message)
+                .await
+                .map_err(|err| WriteError::Transport(err.to_string()))?;
+        }
+        self.sink
+            .flush()
             .await
             .map_err(|err| WriteError::Transport(err.to_string()))
     }
