@@ -126,7 +126,7 @@ impl Tally {
     fn record(&mut self, input: &[u8], cost: Cost, outcome: &Result<(), NotebookError>) {
         match outcome {
             Ok(()) => self.applied += 1,
-            Err(NotebookError::BadUpdate(_)) => self.refused += 1,
+            Err(NotebookError::InvalidUpdate(_) | NotebookError::BadUpdate(_)) => self.refused += 1,
             Err(NotebookError::Poisoned) => {
                 self.poisoned += 1;
                 self.first_poisoned.get_or_insert_with(|| input.to_vec());

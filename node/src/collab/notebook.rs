@@ -54,8 +54,16 @@ impl Changes {
 /// Why an update or state vector was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
+    /// The bytes break the update format's structure or its limits; nothing was decoded.
+    #[error("update refused: {0}")]
+    InvalidUpdate(#[source] validate::ValidationError),
+    /// The bytes break the state vector format's structure or its limits.
+    #[error("state vector refused: {0}")]
+    InvalidStateVector(#[source] validate::ValidationError),
+    /// The CRDT library's own decoder refused bytes that passed validation (its message).
     #[error("update does not decode: {0}")]
     BadUpdate(String),
+    /// The CRDT library's own decoder refused a state vector that passed validation.
     #[error("state vector does not decode: {0}")]
     BadStateVector(String),
     #[error("update could not be applied: {0}")]
@@ -168,7 +176,7 @@ impl Notebook {
     pub fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, NotebookError> {
         // Checked first: `yrs` trusts the declared length (see `validate`).
         validate::state_vector_v1(state_vector, &Limits::default())
-            .map_err(|err| NotebookError::BadStateVector(err.to_string()))?;
+            .map_err(NotebookError::InvalidStateVector)?;
         let sv = guarded(|| StateVector::decode_v1(state_vector))
             .map_err(NotebookError::BadStateVector)?
             .map_err(|err| NotebookError::BadStateVector(err.to_string()))?;
@@ -192,8 +200,7 @@ impl Notebook {
             return Err(NotebookError::Poisoned);
         }
         // Checked first: `yrs` trusts the counts and lengths the bytes declare (see `validate`).
-        validate::update_v1(update, &Limits::default())
-            .map_err(|err| NotebookError::BadUpdate(err.to_string()))?;
+        validate::update_v1(update, &Limits::default()).map_err(NotebookError::InvalidUpdate)?;
         let update = guarded(|| Update::decode_v1(update))
             .map_err(NotebookError::BadUpdate)?
             .map_err(|err| NotebookError::BadUpdate(err.to_string()))?;
