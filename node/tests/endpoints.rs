@@ -5,13 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
 
+mod support;
+use support::python;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, ClientError, RunReport, Target, Trust};
 use airlock_node::kernel::KernelConfig;
-use airlock_node::kernel::python_env::{self, Progress, PythonSource};
 use airlock_node::tls::TlsSource;
 use airlock_node::{NodeConfig, RunningNode};
 use airlock_protocol::token::{self, Claims, Role};
@@ -28,16 +29,6 @@ struct Fixture {
     node: RunningNode,
     key: SigningKey,
     runtime: tempfile::TempDir,
-}
-
-async fn python() -> PathBuf {
-    let source = match std::env::var_os("AIRLOCK_PYTHON") {
-        Some(path) => PythonSource::Existing(path.into()),
-        None => PythonSource::default_managed().expect("a home folder for the managed env"),
-    };
-    python_env::ensure_python(&source, Progress::Auto)
-        .await
-        .expect("a Python with ipykernel")
 }
 
 async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {

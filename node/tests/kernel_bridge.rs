@@ -8,38 +8,21 @@
 // A test file: its helpers panic on failure just as its tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+use support::python;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_node::kernel::{
-    KernelBridge, KernelConfig, KernelError, KernelEvent, Progress, PythonSource, ensure_python,
-};
+use airlock_node::kernel::{KernelBridge, KernelConfig, KernelError, KernelEvent};
 use airlock_protocol::{DeathCause, KernelStatus, Output, RunId, RunStatus, StreamName};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 
 /// How long any single awaited event may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The first use may build the managed environment; every test shares that one build.
-static PYTHON: OnceCell<PathBuf> = OnceCell::const_new();
-
-async fn python() -> PathBuf {
-    PYTHON
-        .get_or_init(|| async {
-            if let Some(python) = std::env::var_os("AIRLOCK_PYTHON") {
-                return PathBuf::from(python);
-            }
-            let source = PythonSource::default_managed().expect("HOME or XDG_DATA_HOME is set");
-            ensure_python(&source, Progress::Auto)
-                .await
-                .expect("the managed Python environment")
-        })
-        .await
-        .clone()
-}
 
 /// One kernel under test and everything it reported.
 struct Harness {

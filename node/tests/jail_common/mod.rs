@@ -4,41 +4,25 @@
 //! Each helper waits on kernel events or node messages bounded by a timeout, never on sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::python;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, Target, Trust};
 use airlock_node::jail::{JailConfig, TierLimits};
-use airlock_node::kernel::{
-    KernelBridge, KernelConfig, KernelEvent, Progress, PythonSource, ensure_python,
-};
+use airlock_node::kernel::{KernelBridge, KernelConfig, KernelEvent};
 use airlock_node::tls::TlsSource;
 use airlock_node::{NodeConfig, RunningNode};
 use airlock_protocol::token::{self, Claims, Role};
 use airlock_protocol::{FrameLimit, KernelStatus, Output, RunId, RunStatus, ServerMessage};
 use ed25519_dalek::SigningKey;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 
 /// How long any single awaited event may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
-
-static PYTHON: OnceCell<PathBuf> = OnceCell::const_new();
-
-pub async fn python() -> PathBuf {
-    PYTHON
-        .get_or_init(|| async {
-            if let Some(python) = std::env::var_os("AIRLOCK_PYTHON") {
-                return PathBuf::from(python);
-            }
-            let source = PythonSource::default_managed().expect("HOME or XDG_DATA_HOME is set");
-            ensure_python(&source, Progress::Auto)
-                .await
-                .expect("the managed Python environment")
-        })
-        .await
-        .clone()
-}
 
 /// Small limits so the limit tests run fast: 256 MiB memory, 64 processes, half a core, a
 /// 32 MiB work dir.
