@@ -303,6 +303,7 @@ impl Hub {
                     client_ref,
                     user,
                     code: code.clone(),
+                    cell: None,
                 }));
                 let result = self
                     .kernel

@@ -352,7 +352,16 @@ impl Relay<'_> {
                 None,
                 "this session already said hello",
             ))),
-            ClientMessage::Unknown => Some(ServerMessage::Error(ErrorReply::for_request(
+            ClientMessage::Unknown
+            | ClientMessage::SyncStep1(_)
+            | ClientMessage::Update(_)
+            | ClientMessage::Awareness(_)
+            | ClientMessage::RunCells(_)
+            | ClientMessage::EditCells(_)
+            | ClientMessage::SetMode { .. }
+            | ClientMessage::Import(_)
+            | ClientMessage::Export { .. }
+            | ClientMessage::Graph { .. } => Some(ServerMessage::Error(ErrorReply::for_request(
                 ErrorCode::UnknownMessage,
                 None,
                 "this node does not know that message type; check the protocol version",

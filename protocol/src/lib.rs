@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`message`]: the document protocol between a client and its document's node — hello and
 //!   welcome, execute, outputs, kernel status, interrupt, restart, typed errors.
+//! - [`document`]: collaborative editing (y-sync), the cell graph and notebook files.
+//! - [`blob`]: opaque bytes, `bin` in MessagePack and base64 in JSON.
 //! - [`codec`]: the one binary framing used on QUIC streams and WebSocket binary frames, the JSON
 //!   text form for browsers, and the frame size limits.
 //! - [`token`]: ed25519-signed capability tokens (document, user, role, epoch, expiry).
@@ -12,12 +14,16 @@
 //! serde, the two encodings and the signature scheme, and nothing else.
 #![forbid(unsafe_code)]
 
+pub mod blob;
 pub mod codec;
+pub mod document;
 pub mod message;
 pub mod token;
 pub mod version;
 
+pub use blob::Blob;
 pub use codec::{CodecError, FrameLimit};
+pub use document::*;
 pub use message::*;
 pub use token::{Claims, Role, TokenError};
 pub use version::{PROTOCOL_VERSION, VersionRange};

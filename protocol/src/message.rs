@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::*;
 use crate::token::Role;
 use crate::version::VersionRange;
 
@@ -45,6 +46,27 @@ pub enum ClientMessage {
     Restart,
     /// Liveness probe; the node answers [`ServerMessage::Pong`] with the same nonce.
     Ping { nonce: u64 },
+    /// y-sync step 1: the client's state vector; answered with `sync_step2`.
+    SyncStep1(SyncStep1),
+    /// A local edit; answered with `ack` once durable, forwarded to the others at once.
+    Update(ClientUpdate),
+    /// Presence and cursors, relayed to the other clients.
+    Awareness(AwarenessUpdate),
+    /// Runs cells (or every stale cell) in graph order; answered with `accepted`.
+    RunCells(RunCells),
+    /// Changes cells without a Yjs library; answered with `accepted`.
+    EditCells(EditCells),
+    /// Switches between reactive and lazy execution; answered with `accepted`.
+    SetMode {
+        client_ref: u64,
+        mode: ExecutionMode,
+    },
+    /// Replaces the document with a `.ipynb` file; answered with `accepted`.
+    Import(ImportNotebook),
+    /// Asks for the document as a `.ipynb` file; answered with `exported`.
+    Export { client_ref: u64 },
+    /// Asks for the cells, their state and their dependencies; answered with `graph`.
+    Graph { client_ref: u64 },
     /// A message type from a newer protocol version.
     #[serde(other)]
     Unknown,
@@ -94,7 +116,23 @@ pub enum ServerMessage {
     /// A refusal or failure. When `fatal`, the node closes the connection after sending it.
     Error(ErrorReply),
     /// Answer to [`ClientMessage::Ping`].
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
+    SyncStep2(SyncStep2),
+    /// An edit by another client or by the node.
+    Update(DocUpdate),
+    /// The client's update `seq` is durable.
+    Ack(UpdateAck),
+    Awareness(AwarenessUpdate),
+    /// A request that changed or scheduled something was accepted.
+    Accepted(Accepted),
+    /// A cell's state changed.
+    Cell(CellStatus),
+    /// A cell's latest outputs (sent on joining).
+    CellOutputs(CellOutputs),
+    Graph(GraphView),
+    Exported(Exported),
     /// A message type from a newer protocol version.
     #[serde(other)]
     Unknown,
@@ -125,6 +163,9 @@ pub struct RunQueued {
     pub client_ref: u64,
     pub user: String,
     pub code: String,
+    /// The cell this run executes, for runs the cell graph scheduled (absent for `execute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
 }
 
 /// One output of a run.
@@ -347,6 +388,12 @@ pub enum ErrorCode {
     UnknownMessage,
     /// A bug or an unexpected failure inside the node.
     Internal,
+    /// A newer owner claimed the document (its store refused this node's write): ask the
+    /// coordinator for a new session.
+    DocumentMoved,
+    /// A well-formed request the document cannot honour (an unknown cell, a cell that cannot
+    /// run, a bad update); the message says why. Not fatal.
+    BadRequest,
     #[serde(other)]
     Unknown,
 }
@@ -368,6 +415,8 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::Internal => "internal",
+            ErrorCode::DocumentMoved => "document_moved",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -392,6 +441,8 @@ impl ErrorCode {
             ErrorCode::UnknownMessage => 12,
             ErrorCode::Internal => 13,
             ErrorCode::Unknown => 14,
+            ErrorCode::DocumentMoved => 15,
+            ErrorCode::BadRequest => 16,
         }
     }
 
