@@ -4,7 +4,10 @@
 //! The folders follow a request's path from the client to the kernel:
 //! - [`quic`] and [`websocket`]: the two client endpoints; they decode frames and hand them on.
 //! - [`session`]: one client connection whatever its transport — hello, token and role checks.
-//! - [`hub`]: the document's single owner of the kernel; fans kernel events out to every session.
+//! - [`document`]: the document actor — the notebook CRDT, the reactive cell graph, the kernel's
+//!   execution queue and the sessions — and the sans-IO cores it drives (analysis, graph).
+//! - [`collab`]: the notebook CRDT, its validator and `.ipynb` import and export.
+//! - [`store`]: durable, fenced storage of each document's history and outputs.
 //! - [`kernel`]: the kernel bridge — a real ipykernel over the Jupyter protocol on ZeroMQ IPC,
 //!   and the managed Python environment it runs in.
 //! - [`jail`]: the sandbox every kernel runs in — namespaces, a read-only root, cgroup limits,
@@ -18,7 +21,6 @@
 
 pub mod collab;
 pub mod document;
-pub mod hub;
 pub mod jail;
 pub mod kernel;
 pub mod quic;
@@ -35,7 +37,7 @@ use ed25519_dalek::VerifyingKey;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::hub::HubHandle;
+use crate::document::actor::{self, DocumentHandle, OpenError, StopReason};
 use crate::kernel::{KernelBridge, KernelConfig, KernelError};
 use crate::session::Gate;
 use crate::tls::{NodeCertificate, TlsError, TlsSource};
@@ -56,6 +58,9 @@ pub struct NodeConfig {
     pub tls: TlsSource,
     pub kernel: KernelConfig,
     pub frame_limit: FrameLimit,
+    /// Where the document's history and outputs are kept: a local folder, or a URL
+    /// (`file://`, `s3://…`, `memory://` for throwaway documents).
+    pub store: String,
 }
 
 /// Why a node could not start.
@@ -79,6 +84,14 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error("could not open the document store {url:?}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: Box<crate::store::StoreError>,
+    },
+    #[error("could not open the document: {0}")]
+    Document(#[from] Box<OpenError>),
 }
 
 /// Whether `id` is a document id this node accepts.
@@ -100,7 +113,7 @@ pub struct RunningNode {
     pub fingerprint: String,
     /// The kernel's process id when the node started.
     pub kernel_pid: Option<u32>,
-    hub: HubHandle,
+    document: DocumentHandle,
     quic: Option<quinn::Endpoint>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -122,9 +135,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         Some(addr) => Some(websocket::bind(addr).await?),
         None => None,
     };
+    let store = crate::store::ObjectDocumentStore::open(&config.store, []).map_err(|source| {
+        NodeError::Store {
+            url: config.store.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let doc_id = crate::store::DocumentId::new(config.document.clone())
+        .map_err(|_| NodeError::BadDocumentId(config.document.clone()))?;
     let (kernel, events) = KernelBridge::start(config.kernel.clone()).await?;
     let kernel_pid = kernel.pid();
-    let hub = hub::spawn(kernel, events);
+    let document = actor::open(Arc::new(store), doc_id, config.epoch, kernel, events)
+        .await
+        .map_err(Box::new)?;
     let gate = Arc::new(Gate {
         document: config.document.clone(),
         epoch: config.epoch,
@@ -143,7 +166,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             let serve = quic::serve(
                 endpoint.clone(),
                 Arc::clone(&gate),
-                hub.clone(),
+                document.clone(),
                 config.frame_limit,
             );
             tasks.push(tokio::spawn(serve));
@@ -158,8 +181,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 addr: config.ws_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                 source,
             })?;
-            let serve =
-                websocket::serve(listener, Arc::clone(&gate), hub.clone(), config.frame_limit);
+            let serve = websocket::serve(
+                listener,
+                Arc::clone(&gate),
+                document.clone(),
+                config.frame_limit,
+            );
             tasks.push(tokio::spawn(serve));
             Some(addr)
         }
@@ -171,13 +198,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         ws_addr,
         fingerprint: certificate.fingerprint,
         kernel_pid,
-        hub,
+        document,
         quic,
         tasks,
     })
 }
 
 impl RunningNode {
+    /// Resolves when the document stops serving on its own: a newer owner fenced this node out
+    /// of the store, or the replica failed. The node should then shut down.
+    pub async fn stopped(&self) -> StopReason {
+        self.document.stopped().await
+    }
+
     /// Stops accepting, closes every client connection, and shuts the kernel down.
     pub async fn shutdown(self) {
         for task in &self.tasks {
@@ -186,8 +219,8 @@ impl RunningNode {
         if let Some(endpoint) = &self.quic {
             endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
         }
-        // Closing the hub closes every session's event stream, which closes its connection.
-        self.hub.shutdown().await;
+        // Stopping the document closes every session's event stream, which closes its connection.
+        self.document.shutdown().await;
         if let Some(endpoint) = self.quic {
             endpoint.wait_idle().await;
         }

@@ -10,7 +10,7 @@ use airlock_protocol::{ErrorCode, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::hub::HubHandle;
+use crate::document::actor::DocumentHandle;
 use crate::session::{self, Form, FrameWriter, Gate, Inbound, ReadError, WriteError};
 use crate::tls::{NodeCertificate, TlsError};
 
@@ -42,7 +42,12 @@ pub fn bind(
 }
 
 /// Accepts connections until the endpoint is closed.
-pub async fn serve(endpoint: quinn::Endpoint, gate: Arc<Gate>, hub: HubHandle, limit: FrameLimit) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    gate: Arc<Gate>,
+    hub: DocumentHandle,
+    limit: FrameLimit,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let gate = Arc::clone(&gate);
         let hub = hub.clone();
@@ -119,12 +124,12 @@ impl FrameWriter for QuicWriter {
 
     async fn send_batch(
         &mut self,
-        messages: &[crate::hub::Broadcast],
+        messages: &[&ServerMessage],
         _form: Form,
     ) -> Result<(), WriteError> {
         let mut frames = Vec::new();
         for message in messages {
-            frames.extend(codec::encode_frame(message.as_ref(), self.limit)?);
+            frames.extend(codec::encode_frame(*message, self.limit)?);
         }
         self.send
             .write_all(&frames)

@@ -1,5 +1,5 @@
 //! One client connection, whatever its transport: the hello handshake, token checks, role checks,
-//! and relaying between the client and the document hub.
+//! and relaying between the client and the document actor.
 //!
 //! Transports supply two halves: a reader task that decodes frames into an [`Inbound`] channel
 //! (so decoding never sits inside a `select!` and stays cancel-safe), and a [`FrameWriter`].
@@ -17,7 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info};
 
-use crate::hub::HubHandle;
+use crate::document::actor::{Broadcast, DocumentHandle, Joined};
 
 /// How long a client may take to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +56,7 @@ pub trait FrameWriter: Send {
     /// already waiting go out together (one QUIC stream write, one WebSocket flush).
     fn send_batch(
         &mut self,
-        messages: &[crate::hub::Broadcast],
+        messages: &[&ServerMessage],
         form: Form,
     ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send;
 
@@ -133,7 +133,7 @@ fn refuse(code: ErrorCode) {
 pub async fn run<W: FrameWriter>(
     transport: &'static str,
     gate: Arc<Gate>,
-    hub: HubHandle,
+    document: DocumentHandle,
     mut inbound: mpsc::Receiver<Inbound>,
     mut writer: W,
 ) {
@@ -164,31 +164,37 @@ pub async fn run<W: FrameWriter>(
             return fail(&mut writer, reply, form).await;
         }
     };
-    let Ok(joined) = hub.join(claims.user.clone(), claims.role).await else {
-        let reply = ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down");
-        return fail(&mut writer, reply, form).await;
+    let joined = match document.join(claims.user.clone(), claims.role).await {
+        Ok(joined) => joined,
+        Err(reply) => return fail(&mut writer, reply, form).await,
     };
-    let session = joined.session;
+    let Joined {
+        session,
+        kernel,
+        events,
+        mut direct,
+    } = joined;
     let welcome = ServerMessage::Welcome(Welcome {
         version,
         session,
         document: gate.document.clone(),
         user: claims.user.clone(),
         role: claims.role,
-        kernel: joined.kernel.state(),
+        kernel: kernel.state(),
         node_version: env!("CARGO_PKG_VERSION").to_owned(),
     });
     if writer.send(&welcome, form).await.is_ok() {
         let mut relay = Relay {
-            hub: &hub,
+            document: &document,
             session,
-            user: claims.user,
             role: claims.role,
             form,
         };
-        relay.serve(&mut inbound, joined.events, &mut writer).await;
+        relay
+            .serve(&mut inbound, events, &mut direct, &mut writer)
+            .await;
     }
-    hub.leave(session);
+    document.leave(session);
 }
 
 async fn fail<W: FrameWriter>(writer: &mut W, reply: ErrorReply, form: Form) {
@@ -218,11 +224,18 @@ fn lagged_reply(missed: u64) -> ErrorReply {
     )
 }
 
-/// The steady state of a session: client requests go to the hub, hub events go to the client.
+/// The fatal error among `messages`, if one ends the connection.
+fn fatal_code<'a>(messages: impl IntoIterator<Item = &'a ServerMessage>) -> Option<ErrorCode> {
+    messages.into_iter().find_map(|message| match message {
+        ServerMessage::Error(reply) if reply.fatal => Some(reply.code),
+        _ => None,
+    })
+}
+
+/// The steady state of a session: client requests go to the document, its events to the client.
 struct Relay<'a> {
-    hub: &'a HubHandle,
+    document: &'a DocumentHandle,
     session: airlock_protocol::SessionId,
-    user: String,
     role: Role,
     form: Form,
 }
@@ -231,7 +244,8 @@ impl Relay<'_> {
     async fn serve<W: FrameWriter>(
         &mut self,
         inbound: &mut mpsc::Receiver<Inbound>,
-        mut events: broadcast::Receiver<crate::hub::Broadcast>,
+        mut events: broadcast::Receiver<Broadcast>,
+        direct: &mut mpsc::UnboundedReceiver<ServerMessage>,
         writer: &mut W,
     ) {
         loop {
@@ -239,15 +253,31 @@ impl Relay<'_> {
                 request = inbound.recv() => match request {
                     Some(Ok((message, _))) => {
                         if let Some(reply) = self.handle(message).await {
-                            let fatal = matches!(&reply, ServerMessage::Error(e) if e.fatal);
-                            if writer.send(&reply, self.form).await.is_err() || fatal {
+                            let fatal = fatal_code([&reply]);
+                            if writer.send(&reply, self.form).await.is_err() {
                                 return;
+                            }
+                            if let Some(code) = fatal {
+                                return writer.close(Some(code)).await;
                             }
                         }
                     }
                     Some(Err(err)) => return fail_read(writer, err, self.form).await,
                     None => return,
                 },
+                Some(message) = direct.recv() => {
+                    let mut batch = vec![message];
+                    while batch.len() < MAX_BATCH {
+                        match direct.try_recv() {
+                            Ok(message) => batch.push(message),
+                            Err(_) => break,
+                        }
+                    }
+                    let refs: Vec<&ServerMessage> = batch.iter().collect();
+                    if writer.send_batch(&refs, self.form).await.is_err() {
+                        return;
+                    }
+                }
                 event = events.recv() => match event {
                     Ok(event) => {
                         // Take whatever else is already waiting, so events that arrive together
@@ -264,8 +294,18 @@ impl Relay<'_> {
                                 Err(_) => break,
                             }
                         }
-                        if writer.send_batch(&batch, self.form).await.is_err() {
+                        // A client's own edits are not echoed back to it.
+                        let mine = Some(self.session);
+                        let refs: Vec<&ServerMessage> = batch
+                            .iter()
+                            .filter(|event| event.origin != mine)
+                            .map(|event| &event.message)
+                            .collect();
+                        if !refs.is_empty() && writer.send_batch(&refs, self.form).await.is_err() {
                             return;
+                        }
+                        if let Some(code) = fatal_code(refs) {
+                            return writer.close(Some(code)).await;
                         }
                         if let Some(missed) = lagged {
                             return fail(writer, lagged_reply(missed), self.form).await;
@@ -285,87 +325,64 @@ impl Relay<'_> {
 
     /// Handles one request; returns the reply meant for this client only, if any.
     async fn handle(&mut self, message: ClientMessage) -> Option<ServerMessage> {
-        let gone = || {
-            ServerMessage::Error(ErrorReply::fatal(
-                ErrorCode::Internal,
-                "the node is shutting down",
-            ))
+        let client_ref = request_ref(&message);
+        let refusal = match &message {
+            ClientMessage::Ping { nonce } => return Some(ServerMessage::Pong { nonce: *nonce }),
+            ClientMessage::Hello(_) => {
+                return Some(ServerMessage::Error(ErrorReply::for_request(
+                    ErrorCode::HelloExpected,
+                    None,
+                    "this session already said hello",
+                )));
+            }
+            ClientMessage::Unknown => {
+                return Some(ServerMessage::Error(ErrorReply::for_request(
+                    ErrorCode::UnknownMessage,
+                    None,
+                    "this node does not know that message type; check the protocol version",
+                )));
+            }
+            ClientMessage::Execute(_) if !self.role.can_execute() => Some("execute code"),
+            ClientMessage::RunCells(_) if !self.role.can_execute() => Some("run cells"),
+            ClientMessage::Interrupt if !self.role.can_execute() => Some("interrupt the kernel"),
+            ClientMessage::Restart if !self.role.can_execute() => Some("restart the kernel"),
+            ClientMessage::Update(_) | ClientMessage::EditCells(_) if !self.role.can_edit() => {
+                Some("edit the document")
+            }
+            ClientMessage::Import(_) if !self.role.can_edit() => Some("import a notebook"),
+            ClientMessage::SetMode { .. } if !self.role.can_edit() => {
+                Some("change the execution mode")
+            }
+            _ => None,
         };
-        let needs_editor = |what: &str| {
+        if let Some(what) = refusal {
             refuse(ErrorCode::Forbidden);
-            ErrorReply::for_request(
+            return Some(ServerMessage::Error(ErrorReply::for_request(
                 ErrorCode::Forbidden,
-                None,
+                client_ref,
                 format!(
                     "a {} may not {what}; ask the document's owner for editor access",
                     self.role
                 ),
-            )
-        };
-        match message {
-            ClientMessage::Execute(request) => {
-                if !self.role.can_execute() {
-                    let mut reply = needs_editor("execute code");
-                    reply.client_ref = Some(request.client_ref);
-                    return Some(ServerMessage::Error(reply));
-                }
-                match self
-                    .hub
-                    .execute(
-                        self.session,
-                        self.user.clone(),
-                        request.client_ref,
-                        request.code,
-                        request.store_history,
-                    )
-                    .await
-                {
-                    Ok(Ok(_run)) => None,
-                    Ok(Err(reply)) => Some(ServerMessage::Error(reply)),
-                    Err(_) => Some(gone()),
-                }
-            }
-            ClientMessage::Interrupt | ClientMessage::Restart => {
-                let restart = matches!(message, ClientMessage::Restart);
-                if !self.role.can_execute() {
-                    let what = if restart {
-                        "restart the kernel"
-                    } else {
-                        "interrupt the kernel"
-                    };
-                    return Some(ServerMessage::Error(needs_editor(what)));
-                }
-                let result = if restart {
-                    self.hub.restart().await
-                } else {
-                    self.hub.interrupt().await
-                };
-                match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(reply)) => Some(ServerMessage::Error(reply)),
-                    Err(_) => Some(gone()),
-                }
-            }
-            ClientMessage::Ping { nonce } => Some(ServerMessage::Pong { nonce }),
-            ClientMessage::Hello(_) => Some(ServerMessage::Error(ErrorReply::for_request(
-                ErrorCode::HelloExpected,
-                None,
-                "this session already said hello",
-            ))),
-            ClientMessage::Unknown
-            | ClientMessage::SyncStep1(_)
-            | ClientMessage::Update(_)
-            | ClientMessage::Awareness(_)
-            | ClientMessage::RunCells(_)
-            | ClientMessage::EditCells(_)
-            | ClientMessage::SetMode { .. }
-            | ClientMessage::Import(_)
-            | ClientMessage::Export { .. }
-            | ClientMessage::Graph { .. } => Some(ServerMessage::Error(ErrorReply::for_request(
-                ErrorCode::UnknownMessage,
-                None,
-                "this node does not know that message type; check the protocol version",
-            ))),
+            )));
         }
+        match self.document.request(self.session, message).await {
+            Ok(reply) => reply,
+            Err(reply) => Some(ServerMessage::Error(reply)),
+        }
+    }
+}
+
+/// The `client_ref` a request carries, for its error reply.
+fn request_ref(message: &ClientMessage) -> Option<u64> {
+    match message {
+        ClientMessage::Execute(execute) => Some(execute.client_ref),
+        ClientMessage::RunCells(run) => Some(run.client_ref),
+        ClientMessage::EditCells(edit) => Some(edit.client_ref),
+        ClientMessage::Import(import) => Some(import.client_ref),
+        ClientMessage::SetMode { client_ref, .. }
+        | ClientMessage::Export { client_ref }
+        | ClientMessage::Graph { client_ref } => Some(*client_ref),
+        _ => None,
     }
 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
-use crate::hub::HubHandle;
+use crate::document::actor::DocumentHandle;
 use crate::session::{self, Form, FrameWriter, Gate, Inbound, ReadError, WriteError};
 
 /// The path clients connect to.
@@ -38,7 +38,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::NodeError> {
 /// Accepts connections until the task is aborted.
 // The handshake callback's error type is tungstenite's HTTP response; its size is not ours.
 #[allow(clippy::result_large_err)]
-pub async fn serve(listener: TcpListener, gate: Arc<Gate>, hub: HubHandle, limit: FrameLimit) {
+pub async fn serve(listener: TcpListener, gate: Arc<Gate>, hub: DocumentHandle, limit: FrameLimit) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -143,7 +143,7 @@ impl FrameWriter for WsWriter {
 
     async fn send_batch(
         &mut self,
-        messages: &[crate::hub::Broadcast],
+        messages: &[&ServerMessage],
         form: Form,
     ) -> Result<(), WriteError> {
         for message in messages {

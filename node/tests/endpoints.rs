@@ -29,11 +29,14 @@ struct Fixture {
     node: RunningNode,
     key: SigningKey,
     runtime: tempfile::TempDir,
+    /// The document store's folder.
+    _store: tempfile::TempDir,
 }
 
 async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let runtime = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let node = airlock_node::start(NodeConfig {
         document: DOC.into(),
@@ -46,10 +49,16 @@ async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {
         },
         kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
         frame_limit,
+        store: store.path().display().to_string(),
     })
     .await
     .expect("node starts");
-    Fixture { node, key, runtime }
+    Fixture {
+        node,
+        key,
+        runtime,
+        _store: store,
+    }
 }
 
 impl Fixture {

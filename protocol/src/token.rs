@@ -33,6 +33,11 @@ impl Role {
     pub fn can_execute(self) -> bool {
         matches!(self, Role::Editor | Role::Owner)
     }
+
+    /// Whether the role may change the document (edit cells, import, switch modes).
+    pub fn can_edit(self) -> bool {
+        matches!(self, Role::Editor | Role::Owner)
+    }
 }
 
 impl std::str::FromStr for Role {

@@ -59,6 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..KernelConfig::new(python, runtime.path().to_owned())
         },
         frame_limit: FrameLimit::default(),
+        store: runtime.path().join("documents").display().to_string(),
     })
     .await?;
     say(&format!(

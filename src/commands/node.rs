@@ -53,6 +53,11 @@ pub struct Args {
     /// Names for the self-signed certificate.
     #[arg(long = "tls-name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
     tls_names: Vec<String>,
+    /// Where the document's edit history and outputs are kept: a folder, or a URL (`file://…`,
+    /// `s3://bucket/prefix?region=…` with the usual AWS_* variables, `memory://` to keep
+    /// nothing) [default: $XDG_DATA_HOME/airlock/documents].
+    #[arg(long, value_name = "DIR|URL", env = "AIRLOCK_STORE")]
+    store: Option<String>,
     /// Folder for the kernel's connection file and IPC sockets.
     #[arg(long, value_name = "DIR", default_value_os_t = std::env::temp_dir())]
     runtime_dir: PathBuf,
@@ -95,6 +100,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             names: args.tls_names,
         },
     };
+    let store = match args.store {
+        Some(store) => store,
+        None => airlock_node::store::data_home()
+            .context("neither XDG_DATA_HOME nor HOME is set; pass --store DIR")?
+            .join("documents")
+            .display()
+            .to_string(),
+    };
     let config = NodeConfig {
         document: args.doc.clone(),
         epoch: args.epoch,
@@ -107,16 +120,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..KernelConfig::new(python, args.runtime_dir)
         },
         frame_limit: FrameLimit::new(args.max_frame),
+        store,
     };
     let node = airlock_node::start(config).await?;
     announce(&node, &args.doc, args.connect_file.as_deref())?;
-    wait_for_signal().await;
-    eprintln!("shutting down: closing clients and stopping the kernel");
+    let code = tokio::select! {
+        () = wait_for_signal() => {
+            eprintln!("shutting down: closing clients and stopping the kernel");
+            ExitCode::SUCCESS
+        }
+        reason = node.stopped() => {
+            eprintln!("{}", reason.reply().message);
+            eprintln!("the document stopped serving; shutting down");
+            ExitCode::from(4)
+        }
+    };
     node.shutdown().await;
     if let Some(path) = &args.connect_file {
         let _ = std::fs::remove_file(path);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// Describes how to reach a node, as `--connect-file` stores it.

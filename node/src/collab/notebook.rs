@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::validate::{self, Limits};
 
 use yrs::any::Number;
-use yrs::types::{Event, PathSegment};
+use yrs::types::{Event, PathSegment, ToJson};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
@@ -34,6 +34,8 @@ pub struct CellView {
     pub id: String,
     pub kind: CellKind,
     pub source: String,
+    /// SQL cells: `metadata.airlock.result_name`, the name the query's result is bound to.
+    pub result_name: Option<String>,
 }
 
 /// What one applied update changed, for the cell graph.
@@ -422,7 +424,22 @@ fn cell_view<T: ReadTxn>(txn: &T, value: Out) -> Option<CellView> {
         Some(Out::Any(Any::String(s))) => s.to_string(),
         _ => String::new(),
     };
-    Some(CellView { id, kind, source })
+    let result_name = match cell.get(txn, "metadata").map(|m| m.to_json(txn)) {
+        Some(Any::Map(metadata)) => match metadata.get("airlock") {
+            Some(Any::Map(airlock)) => match airlock.get("result_name") {
+                Some(Any::String(name)) => Some(name.to_string()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    Some(CellView {
+        id,
+        kind,
+        source,
+        result_name,
+    })
 }
 
 /// The byte span that differs between `old` and `new`: `(start, old_end, new_end)`, on char

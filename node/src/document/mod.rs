@@ -1,5 +1,5 @@
 //! The document: cells, their static analysis and the reactive cell graph (sans-IO cores), and
-//! later the document actor that owns them beside the kernel.
+//! the document actor that owns them beside the kernel.
 //!
 //! - [`analysis`]: what one cell defines, reads and deletes at global scope, from its text alone
 //!   (Python with IPython syntax, or DuckDB SQL).
@@ -9,5 +9,6 @@
 //! Both are plain state machines: no IO, no clock, no tasks. The user-facing rules are in
 //! `docs/REACTIVITY.md`.
 
+pub mod actor;
 pub mod analysis;
 pub mod graph;

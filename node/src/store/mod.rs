@@ -307,3 +307,19 @@ pub enum StoreError {
     #[error("a blocking file operation did not finish")]
     Blocking(#[source] tokio::task::JoinError),
 }
+
+/// Airlock's data folder on this machine: `$XDG_DATA_HOME/airlock`, else
+/// `$HOME/.local/share/airlock`. `None` when neither variable gives an absolute path.
+pub fn data_home() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|home| !home.is_empty())
+                .map(|home| PathBuf::from(home).join(".local").join("share"))
+        })
+        .map(|dir| dir.join("airlock"))
+}

@@ -201,6 +201,7 @@ impl JailedNode {
             },
             kernel: KernelConfig::jailed(python().await, runtime.path().to_owned(), config),
             frame_limit: FrameLimit::default(),
+            store: "memory://".into(),
         });
         let node = tokio::time::timeout(PATIENCE, start)
             .await

@@ -1,0 +1,140 @@
+//! How sessions and the node reach the document actor, and the thread it runs on.
+
+use actix::prelude::*;
+use airlock_protocol::SessionId;
+use airlock_protocol::{ClientMessage, ErrorCode, ErrorReply, KernelStatus, Role, ServerMessage};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::{Broadcast, DocumentActor, Join, Leave, Request, Shutdown};
+
+/// What a session gets when it joins.
+#[derive(Debug)]
+pub struct Joined {
+    pub session: SessionId,
+    pub kernel: KernelStatus,
+    /// Events for every client of the document.
+    pub events: broadcast::Receiver<Broadcast>,
+    /// Messages for this client only (acknowledgements, refused updates, what it missed).
+    pub direct: mpsc::UnboundedReceiver<ServerMessage>,
+}
+
+/// Why the document stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The node is shutting down.
+    Shutdown,
+    /// The store refused a write: a newer owner holds the document.
+    Moved,
+    /// The document's replica hit a bug in the CRDT library; it must be reloaded.
+    Internal,
+}
+
+impl StopReason {
+    /// The fatal error every client gets.
+    pub fn reply(self) -> ErrorReply {
+        match self {
+            StopReason::Shutdown => {
+                ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down")
+            }
+            StopReason::Moved => ErrorReply::fatal(
+                ErrorCode::DocumentMoved,
+                "another node now serves this document (its store refused this node's write); \
+                 ask the coordinator for a new session. Edits not yet acknowledged are kept by \
+                 your client and sent again.",
+            ),
+            StopReason::Internal => ErrorReply::fatal(
+                ErrorCode::Internal,
+                "the document's replica failed and must be reloaded; reconnect. Edits not yet \
+                 acknowledged are kept by your client and sent again.",
+            ),
+        }
+    }
+}
+
+/// The document actor is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the document has stopped; the node is shutting down or lost the document")]
+pub struct DocumentGone;
+
+/// A cheap, cloneable way to reach the document actor.
+#[derive(Debug, Clone)]
+pub struct DocumentHandle {
+    addr: Addr<DocumentActor>,
+    stopped: watch::Receiver<Option<StopReason>>,
+}
+
+impl DocumentHandle {
+    pub async fn join(&self, user: String, role: Role) -> Result<Joined, ErrorReply> {
+        self.addr
+            .send(Join { user, role })
+            .await
+            .unwrap_or_else(|_| Err(gone()))
+    }
+
+    pub fn leave(&self, session: SessionId) {
+        self.addr.do_send(Leave { session });
+    }
+
+    /// Sends a session's request; the answer is for that session only.
+    pub async fn request(
+        &self,
+        session: SessionId,
+        message: ClientMessage,
+    ) -> Result<Option<ServerMessage>, ErrorReply> {
+        self.addr
+            .send(Request { session, message })
+            .await
+            .unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Stops the document: a snapshot, then the kernel. Returns once both are done.
+    pub async fn shutdown(&self) {
+        let _ = self.addr.send(Shutdown).await;
+        self.stopped().await;
+    }
+
+    /// Resolves once the document has stopped serving, with the reason.
+    pub async fn stopped(&self) -> StopReason {
+        let mut stopped = self.stopped.clone();
+        loop {
+            if let Some(reason) = *stopped.borrow_and_update() {
+                return reason;
+            }
+            if stopped.changed().await.is_err() {
+                return StopReason::Shutdown;
+            }
+        }
+    }
+}
+
+fn gone() -> ErrorReply {
+    ErrorReply::fatal(ErrorCode::Internal, DocumentGone.to_string())
+}
+
+/// Starts `actor` on a thread of its own with a single-threaded actix system, which ends when
+/// the actor stops.
+pub(super) fn spawn(
+    actor: DocumentActor,
+    stopped: watch::Receiver<Option<StopReason>>,
+) -> std::io::Result<DocumentHandle> {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let mut done = stopped.clone();
+    std::thread::Builder::new()
+        .name("airlock-document".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let addr = actor.start();
+                let _ = addr_tx.send(addr);
+                while done.borrow_and_update().is_none() {
+                    if done.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        })?;
+    let addr = addr_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the document thread ended before it started"))?;
+    Ok(DocumentHandle { addr, stopped })
+}
