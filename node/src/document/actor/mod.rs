@@ -95,15 +95,27 @@ pub enum OpenError {
     Thread(#[source] std::io::Error),
 }
 
-/// Opens `doc` at `epoch`: claims it in the store (fencing out earlier owners), loads it, and
-/// starts its actor around the already started kernel.
-pub async fn open(
-    store: Arc<ObjectDocumentStore>,
+/// A document read from its store, ready to be served.
+#[derive(Debug)]
+pub struct LoadedDocument {
+    pub doc: DocumentId,
+    pub notebook: Notebook,
+    pub graph: CellGraph,
+    pub outputs: OutputsByCell,
+    /// The last append loaded, and how many appends came after the latest snapshot.
+    seq: Seq,
+    appends_since_snapshot: u64,
+    epoch: StoreEpoch,
+}
+
+/// Claims `doc` at `epoch` in the store (fencing out earlier owners) and reads it: the notebook
+/// from its snapshot and log, the graph built from it (every cell stale: the kernel is fresh),
+/// and every cell's latest outputs.
+pub async fn load(
+    store: &ObjectDocumentStore,
     doc: DocumentId,
     epoch: u64,
-    kernel: KernelBridge,
-    kernel_events: mpsc::UnboundedReceiver<KernelEvent>,
-) -> Result<DocumentHandle, OpenError> {
+) -> Result<LoadedDocument, OpenError> {
     let epoch = StoreEpoch(epoch);
     let started = std::time::Instant::now();
     store.claim(&doc, epoch).await?;
@@ -135,7 +147,7 @@ pub async fn open(
     };
     let mut graph = CellGraph::new(mode);
     cells::sync_structure(&notebook, &mut graph);
-    // The kernel is fresh: every cell is stale, and nothing of that is news to anyone yet.
+    // Every cell starts stale, and that is news to no one yet.
     while graph.poll_event().is_some() {}
     let present: std::collections::HashSet<String> =
         notebook.cells().into_iter().map(|c| c.id).collect();
@@ -148,22 +160,41 @@ pub async fn open(
         ms = started.elapsed().as_millis() as u64,
         "document loaded"
     );
+    Ok(LoadedDocument {
+        doc,
+        notebook,
+        graph,
+        outputs,
+        seq: loaded.seq,
+        appends_since_snapshot: loaded.seq.0.saturating_sub(loaded.snapshot_seq.0),
+        epoch,
+    })
+}
+
+/// Opens `doc` at `epoch` ([`load`]) and starts its actor around the already started kernel.
+pub async fn open(
+    store: Arc<ObjectDocumentStore>,
+    doc: DocumentId,
+    epoch: u64,
+    kernel: KernelBridge,
+    kernel_events: mpsc::UnboundedReceiver<KernelEvent>,
+) -> Result<DocumentHandle, OpenError> {
+    let loaded = load(&store, doc, epoch).await?;
     let committer = GroupCommitter::spawn(
         Arc::clone(&store),
-        doc.clone(),
-        epoch,
+        loaded.doc.clone(),
+        loaded.epoch,
         GroupCommitConfig::default(),
     );
-    let appends_since_snapshot = loaded.seq.0.saturating_sub(loaded.snapshot_seq.0);
     let io = tokio::runtime::Handle::current();
     let (stopped_tx, stopped_rx) = watch::channel(None);
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
     let actor = DocumentActor {
-        doc,
-        epoch,
-        notebook,
-        graph,
-        outputs,
+        doc: loaded.doc,
+        epoch: loaded.epoch,
+        notebook: loaded.notebook,
+        graph: loaded.graph,
+        outputs: loaded.outputs,
         store,
         committer: Some(Arc::new(committer)),
         io,
@@ -178,7 +209,7 @@ pub async fn open(
         runs: HashMap::new(),
         current: None,
         last_seq: loaded.seq,
-        appends_since_snapshot,
+        appends_since_snapshot: loaded.appends_since_snapshot,
         compacting: false,
         stop: None,
         stopped_tx,
