@@ -187,7 +187,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn target(node: &RunningNode, i: usize) -> Target {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Target::Quic {
             addr: node.quic_addr.unwrap(),
             server_name: "localhost".into(),
