@@ -109,22 +109,9 @@ async fn run(client: &mut Client, code: &str) -> RunReport {
         .expect("run accepted")
 }
 
-/// The next message matching `pick`, skipping others.
-async fn next_matching<T>(
-    client: &mut Client,
-    mut pick: impl FnMut(ServerMessage) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, client.recv())
-            .await
-            .expect("expected message in time")
-            .expect("connection open");
-        if let Some(found) = pick(message) {
-            return found;
-        }
-    }
+/// The next message matching `pick` within [`WAIT`], skipping others.
+async fn next_matching<T>(client: &mut Client, pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    support::next_matching(client, WAIT, pick).await
 }
 
 fn text_plain(output: &Output) -> Option<&str> {

@@ -3,18 +3,21 @@
 //! The interpreter comes from `AIRLOCK_PYTHON` when set, else from Airlock's managed environment
 //! (built on first use, which needs PyPI). Each test gets its own runtime folder. Kernel starts
 //! cost about a second each, so each test drives one kernel through several checks. Tests wait on
-//! events, bounded by a timeout, never on sleeps.
+//! events, bounded by a timeout, never on sleeps. The test of the data libraries runs its kernel
+//! jailed, as kernels run in production, and so needs root (the jail's preflight).
 
 // A test file: its helpers panic on failure just as its tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-use support::python;
+mod jail_common;
+use jail_common::python;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use airlock_node::document::analysis::sql::kernel_source;
+use airlock_node::jail::{JailConfig, Tier};
 use airlock_node::kernel::{KernelBridge, KernelConfig, KernelError, KernelEvent};
 use airlock_protocol::{DeathCause, KernelStatus, Output, RunId, RunStatus, StreamName};
 use nix::sys::signal::{Signal, kill};
@@ -453,4 +456,118 @@ async fn execute_round_trip() {
     );
     assert!(at(0.5) < Duration::from_millis(100), "p50 {:?}", at(0.5));
     kernel.shut_down_cleanly(&[pid]).await;
+}
+
+/// The notebook the data libraries are checked against, when it is readable.
+fn real_notebook() -> Option<serde_json::Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/notebooks/pdsh-03.03-operations-in-pandas.ipynb");
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap()),
+        Err(err) => {
+            println!(
+                "skipped the real notebook: {} is not readable ({err})",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// The managed environment's data libraries work in a kernel jailed with the smallest tier's
+/// limits: pandas and numpy, and a SQL cell run exactly as Airlock generates it (DuckDB over a
+/// dataframe, with `HOME` and `/tmp` the jail's tmpfs), then every code cell of a real notebook.
+#[tokio::test]
+async fn pandas_numpy_and_sql_cells_work_in_a_jailed_kernel() {
+    let config = JailConfig {
+        limits: Tier::Small.limits(),
+        ..jail_common::jail_config("data")
+    };
+    let mut kernel = jail_common::Jailed::start(config).await;
+
+    // DuckDB resolves its home folder (for extensions and secrets) from `HOME`, the jail's tmpfs.
+    let home = kernel
+        .ok("import os, duckdb\nprint(os.environ['HOME'], duckdb.__version__)")
+        .await;
+    assert!(home.starts_with("/work "), "{home}");
+
+    const ORDERS: &str = "\
+import numpy as np
+import pandas as pd
+orders = pd.DataFrame({
+    'region': ['north', 'south', 'north', 'east'],
+    'amount': np.array([10.5, 20.0, 4.5, 7.0]),
+})
+";
+    kernel.ok(ORDERS).await;
+
+    let sql = "SELECT region, sum(amount) AS total FROM orders GROUP BY region ORDER BY region";
+    let cell = kernel_source(sql, Some("totals"));
+    let shown = kernel.run(&cell).await;
+    assert_eq!(shown.status, RunStatus::Ok, "{cell}\n{:?}", shown.outputs);
+    let table = match shown.outputs.as_slice() {
+        [Output::ExecuteResult { data, .. }] => data["text/plain"].as_str().unwrap().to_owned(),
+        other => panic!("expected the result dataframe, got {other:?}"),
+    };
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["0", "east", "7.0"],
+            ["1", "north", "15.0"],
+            ["2", "south", "20.0"]
+        ],
+        "{table}"
+    );
+    // The result is bound to its name, as a pandas dataframe.
+    let bound = kernel
+        .ok("print(type(totals).__name__, totals.to_dict('list'))")
+        .await;
+    assert_eq!(
+        bound,
+        "DataFrame {'region': ['east', 'north', 'south'], 'total': [7.0, 15.0, 20.0]}\n"
+    );
+    // A statement without a result binds nothing and shows nothing; later cells see its table.
+    let created = kernel
+        .run(&kernel_source(
+            "CREATE TABLE big AS SELECT * FROM orders WHERE amount > 5",
+            None,
+        ))
+        .await;
+    assert_eq!(created.status, RunStatus::Ok, "{:?}", created.outputs);
+    assert!(created.outputs.is_empty(), "{:?}", created.outputs);
+    let counted = kernel
+        .ok(&format!(
+            "print({})",
+            kernel_source("SELECT count(*) AS n FROM big", None).trim()
+        ))
+        .await;
+    assert_eq!(
+        counted.split_whitespace().collect::<Vec<_>>(),
+        ["n", "0", "3"],
+        "{counted}"
+    );
+
+    if let Some(notebook) = real_notebook() {
+        let cells = notebook["cells"].as_array().unwrap();
+        let mut ran = 0;
+        for cell in cells.iter().filter(|cell| cell["cell_type"] == "code") {
+            let source = match &cell["source"] {
+                serde_json::Value::Array(lines) => {
+                    lines.iter().map(|line| line.as_str().unwrap()).collect()
+                }
+                other => other.as_str().unwrap().to_owned(),
+            };
+            kernel.ok(&source).await;
+            ran += 1;
+        }
+        println!("ran the real notebook's {ran} code cells");
+        assert!(ran > 0);
+    }
+
+    kernel.shutdown().await;
 }

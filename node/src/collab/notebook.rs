@@ -87,7 +87,7 @@ pub struct Notebook {
     pending: Arc<Mutex<Changes>>,
     /// Set when the CRDT library panicked inside a transaction: the replica may be inconsistent
     /// and must be reloaded from the store (which holds every acknowledged update).
-    poisoned: std::cell::Cell<bool>,
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Notebook {
@@ -131,7 +131,7 @@ impl Notebook {
             cells,
             meta,
             pending,
-            poisoned: std::cell::Cell::new(false),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -198,7 +198,7 @@ impl Notebook {
     /// update. A panic while applying leaves the replica poisoned: every later call fails with
     /// [`NotebookError::Poisoned`] and the owner must reload the document from its store.
     pub fn apply(&self, update: &[u8]) -> Result<Changes, NotebookError> {
-        if self.poisoned.get() {
+        if self.poisoned.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(NotebookError::Poisoned);
         }
         // Checked first: `yrs` trusts the counts and lengths the bytes declare (see `validate`).
@@ -214,7 +214,8 @@ impl Notebook {
             Ok(Ok(())) => Ok(self.take_changes()),
             Ok(Err(err)) => Err(NotebookError::Apply(err.to_string())),
             Err(_) => {
-                self.poisoned.set(true);
+                self.poisoned
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(NotebookError::Poisoned)
             }
         }
@@ -222,7 +223,7 @@ impl Notebook {
 
     /// Whether an earlier update left this replica unusable.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.get()
+        self.poisoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Inserts a cell at `index` (clamped to the end); returns the update to broadcast.
@@ -258,6 +259,23 @@ impl Notebook {
             if new_end > start {
                 text.insert(txn, start as u32, &source[start..new_end]);
             }
+            Ok(())
+        })
+    }
+
+    /// Inserts `text` at byte offset `at` of a cell's source (clamped to the end, moved back to a
+    /// character boundary): what an editor sends for typing.
+    pub fn insert_text(&self, id: &str, at: usize, text: &str) -> Result<Vec<u8>, NotebookError> {
+        self.edit(|txn, cells| {
+            let index = find(txn, cells, id).ok_or_else(|| NotebookError::NoSuchCell(id.into()))?;
+            let source =
+                cell_text(txn, cells, index).ok_or_else(|| NotebookError::NoSuchCell(id.into()))?;
+            let old = source.get_string(txn);
+            let mut at = at.min(old.len());
+            while !old.is_char_boundary(at) {
+                at -= 1;
+            }
+            source.insert(txn, at as u32, text);
             Ok(())
         })
     }

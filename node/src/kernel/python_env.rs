@@ -2,10 +2,12 @@
 //! ipykernel, or a virtualenv Airlock builds and manages itself.
 //!
 //! A managed environment is built once, on first use, with pinned packages
-//! ([`KERNEL_PACKAGES`]). It is assembled in a temporary sibling folder and renamed into place only
-//! when complete, so concurrent first uses (parallel tests, several nodes on one host) never see
-//! a half-made environment, and a failed install leaves nothing behind. A marker file holding the
-//! pin list tells a complete environment apart; when the pins change, the next use rebuilds it.
+//! ([`KERNEL_PACKAGES`]): the kernel (ipykernel, pyzmq) and the libraries document features rely
+//! on in the kernel (pandas and numpy for dataframes, duckdb for SQL cells). It is assembled in a
+//! temporary sibling folder and renamed into place only when complete, so concurrent first uses
+//! (parallel tests, several nodes on one host) never see a half-made environment, and a failed
+//! install leaves nothing behind. A marker file holding the pin list tells a complete environment
+//! apart; when the pins change, the next use rebuilds it.
 //!
 //! Configuration comes in as arguments. The one place that reads the process environment is
 //! [`PythonSource::default_managed`], which resolves `XDG_DATA_HOME`/`HOME`. This module does not
@@ -24,8 +26,22 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 /// The packages of a managed environment, pinned. Changing this list rebuilds existing
-/// environments on their next use.
-pub const KERNEL_PACKAGES: &[&str] = &["ipykernel==7.4.0", "pyzmq==27.3.0"];
+/// environments on their next use. Each must install as a wheel for the base interpreter
+/// (CPython 3.11, manylinux x86-64): a source build would need a compiler and take minutes.
+/// Their own dependencies are left to pip's resolver.
+pub const KERNEL_PACKAGES: &[&str] = &[
+    // The kernel itself, and the ZeroMQ binding it talks to the node over.
+    "ipykernel==7.4.0",
+    "pyzmq==27.3.0",
+    // Dataframes: what SQL cells query and return, and what notebooks mostly work with.
+    "pandas==3.1.1",
+    // Arrays under pandas, pinned so the pair is a combination known to work.
+    "numpy==2.4.6",
+    // The engine SQL cells run in (`document::analysis::sql::kernel_source`). Held at 1.x:
+    // from 2.0 `duckdb.sql` returns a `Count`/`Success` relation for statements such as
+    // `CREATE TABLE`, where the generated code expects `None`.
+    "duckdb==1.5.6",
+];
 
 /// Name of the file that marks a managed environment as complete; it holds the pin list.
 const MARKER: &str = "airlock-env.txt";

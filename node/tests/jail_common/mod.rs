@@ -9,7 +9,7 @@ mod support;
 pub use support::python;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, Target, Trust};
 use airlock_node::jail::{JailConfig, TierLimits};
@@ -281,22 +281,12 @@ pub async fn ok_cell(client: &mut Client, code: &str) -> String {
     run_cell(client, code).await.ok(code)
 }
 
-/// The next message matching `pick`, skipping others.
+/// The next message matching `pick` within [`PATIENCE`], skipping others.
 pub async fn next_matching<T>(
     client: &mut Client,
-    mut pick: impl FnMut(ServerMessage) -> Option<T>,
+    pick: impl FnMut(ServerMessage) -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, client.recv())
-            .await
-            .expect("expected message in time")
-            .expect("connection open");
-        if let Some(found) = pick(message) {
-            return found;
-        }
-    }
+    support::next_matching(client, PATIENCE, pick).await
 }
 
 /// Waits until the node reports the kernel idle.
