@@ -1,9 +1,20 @@
-//! `airlock-client`: connect to a document's node over QUIC or WebSocket and run code.
+//! `airlock-client`: connect to a document's node over QUIC or WebSocket, run code, edit and run
+//! the document's cells.
 //!
 //! # Layout
 //! - [`Client`]: one connection. [`Client::connect`] says hello and waits for the welcome;
 //!   [`Client::send`] and [`Client::recv`] move protocol messages; [`Client::run`] executes code
 //!   and collects its outputs until the run is done.
+//!   - Editing: [`Client::sync`] starts y-sync, [`Client::update`] sends a local Yjs update and
+//!     keeps it in the [`Outbox`] until the node acknowledges it as durable;
+//!     [`Client::connect_resuming`] reconnects and sends what is still pending.
+//!   - Requests: [`Client::run_cells`], [`Client::edit_cells`], [`Client::import_ipynb`],
+//!     [`Client::export_ipynb`], [`Client::graph`], [`Client::set_mode`] send a request and wait
+//!     for its answer; whatever else arrives meanwhile waits in a backlog for [`Client::recv`].
+//!   - [`Client::follow_runs`] waits until a set of cells has finished running.
+//! - [`outbox`]: the unacknowledged updates, plain data that outlives a connection.
+//! - [`reply`]: the sans-IO rule that picks a request's answer out of the other messages.
+//! - [`follow`]: the sans-IO rule that decides when a cell has finished, from run and cell events.
 //! - [`Target`]: where and how to connect; [`Trust`]: how the node's QUIC certificate is checked.
 //! - [`pinned`]: the certificate verifier that accepts exactly one certificate fingerprint.
 //!
@@ -11,16 +22,21 @@
 //! can sit in a `select!` beside Ctrl-C handling.
 #![forbid(unsafe_code)]
 
+pub mod follow;
+pub mod outbox;
 pub mod pinned;
+pub mod reply;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_protocol::codec::{self, FrameLimit, HEADER_LEN};
 use airlock_protocol::{
-    ClientMessage, CodecError, ErrorReply, ExecuteRequest, Hello, Output, RunDone, RunId,
-    ServerMessage, VersionRange, Welcome,
+    Accepted, Blob, CellEdit, ClientMessage, ClientUpdate, CodecError, EditCells, ErrorCode,
+    ErrorReply, ExecuteRequest, ExecutionMode, GraphView, Hello, ImportNotebook, Output, RunCells,
+    RunDone, RunId, ServerMessage, SyncStep1, VersionRange, Welcome,
 };
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -28,6 +44,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use follow::{CellRun, RunFollower};
+pub use outbox::Outbox;
+use reply::AwaitedReply;
 
 /// Where a node listens and how to reach it.
 #[derive(Debug, Clone)]
@@ -59,8 +79,17 @@ pub enum Trust {
 pub enum ClientError {
     #[error("could not connect to {target}: {reason}")]
     Connect { target: String, reason: String },
+    /// The node refused the connection or ended it with a fatal error; for `execute` (through
+    /// [`Client::run`]) also a refusal of the run.
     #[error("the node refused: {} ({})", .0.message, .0.code)]
     Refused(ErrorReply),
+    /// The node refused one request; the connection goes on.
+    #[error("the node refused the request: {message} ({code})")]
+    Rejected {
+        client_ref: u64,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("the connection closed: {reason}")]
     Closed { reason: String },
     #[error(transparent)]
@@ -69,14 +98,39 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
+/// [`Client::connect_resuming`] failed; the outbox it was given comes back, nothing lost.
+#[derive(Debug, thiserror::Error)]
+#[error("could not resume the connection")]
+pub struct ResumeFailed {
+    #[source]
+    pub error: ClientError,
+    /// Every update still unacknowledged, for the next attempt.
+    pub outbox: Outbox,
+}
+
+impl From<ResumeFailed> for ClientError {
+    fn from(failed: ResumeFailed) -> Self {
+        failed.error
+    }
+}
+
 /// How long [`Client::connect`] waits for the welcome.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a request helper ([`Client::run_cells`] and the others) waits for its answer. The
+/// answer comes before any cell runs, so only a stuck node takes this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to one document.
 #[derive(Debug)]
 pub struct Client {
     writer: Writer,
     inbound: mpsc::Receiver<Result<ServerMessage, ClientError>>,
+    /// Messages read while a request helper waited for its answer; [`Client::recv`] returns them
+    /// first, in arrival order.
+    backlog: VecDeque<ServerMessage>,
+    /// Updates sent and not yet acknowledged; outlives the connection ([`Client::into_outbox`]).
+    outbox: Outbox,
     welcome: Welcome,
     next_ref: u64,
     limit: FrameLimit,
@@ -153,6 +207,8 @@ impl Client {
         Ok(Client {
             writer,
             inbound,
+            backlog: VecDeque::new(),
+            outbox: Outbox::new(),
             welcome: Welcome {
                 version: 0,
                 session: airlock_protocol::SessionId(0),
@@ -206,20 +262,43 @@ impl Client {
         }
     }
 
-    /// The next message from the node. Cancel-safe.
+    /// The next message from the node: first those a request helper set aside while it waited,
+    /// then the wire. An `ack` passing by removes its update from the outbox (and is still
+    /// returned). Cancel-safe.
     pub async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
-        match self.inbound.recv().await {
-            Some(result) => result,
-            None => Err(ClientError::Closed {
-                reason: "the node closed the connection".into(),
-            }),
+        match self.backlog.pop_front() {
+            Some(message) => Ok(message),
+            None => self.pull().await,
         }
+    }
+
+    /// The next message off the wire, with its `ack` applied. Cancel-safe: the only await is
+    /// the channel's.
+    async fn pull(&mut self) -> Result<ServerMessage, ClientError> {
+        let message = match self.inbound.recv().await {
+            Some(result) => result?,
+            None => {
+                return Err(ClientError::Closed {
+                    reason: "the node closed the connection".into(),
+                });
+            }
+        };
+        if let ServerMessage::Ack(ack) = &message {
+            self.outbox.ack(ack.seq);
+        }
+        Ok(message)
+    }
+
+    /// A `client_ref` this connection has not used yet.
+    fn fresh_ref(&mut self) -> u64 {
+        let client_ref = self.next_ref;
+        self.next_ref += 1;
+        client_ref
     }
 
     /// Asks the node to run `code`; returns the reference the node will echo in `Queued`.
     pub async fn execute(&mut self, code: &str) -> Result<u64, ClientError> {
-        let client_ref = self.next_ref;
-        self.next_ref += 1;
+        let client_ref = self.fresh_ref();
         self.send(&ClientMessage::Execute(ExecuteRequest {
             client_ref,
             code: code.to_owned(),
@@ -265,6 +344,205 @@ impl Client {
                 _ => {}
             }
         }
+    }
+
+    /// Connects like [`Client::connect`], then sends every update of `outbox` again with its
+    /// original seq. They stay pending until the node acknowledges them; applying an update
+    /// twice is harmless, so resending what the node already stored costs nothing but bytes.
+    /// On failure the outbox comes back inside the error.
+    pub async fn connect_resuming(
+        target: &Target,
+        token: &str,
+        outbox: Outbox,
+    ) -> Result<Client, ResumeFailed> {
+        let mut client = match Client::connect(target, token).await {
+            Ok(client) => client,
+            Err(error) => return Err(ResumeFailed { error, outbox }),
+        };
+        client.outbox = outbox;
+        let resend: Vec<ClientMessage> = client
+            .outbox
+            .pending()
+            .map(|(seq, update)| {
+                ClientMessage::Update(ClientUpdate {
+                    seq,
+                    update: update.clone(),
+                })
+            })
+            .collect();
+        for message in &resend {
+            if let Err(error) = client.send(message).await {
+                return Err(ResumeFailed {
+                    error,
+                    outbox: client.into_outbox(),
+                });
+            }
+        }
+        Ok(client)
+    }
+
+    /// y-sync step 1: sends the client's state vector; the node answers `sync_step2` (read it
+    /// with [`Client::recv`]).
+    pub async fn sync(&mut self, state_vector: Vec<u8>) -> Result<(), ClientError> {
+        self.send(&ClientMessage::SyncStep1(SyncStep1 {
+            state_vector: state_vector.into(),
+        }))
+        .await
+    }
+
+    /// Sends a local Yjs v1 update and keeps it in the outbox until its `ack`; returns its seq.
+    /// The update is recorded before it is sent: if sending fails, it is still pending and goes
+    /// out again with [`Client::connect_resuming`].
+    pub async fn update(&mut self, update: impl Into<Blob>) -> Result<u64, ClientError> {
+        let update = update.into();
+        let seq = self.outbox.push(update.clone());
+        self.send(&ClientMessage::Update(ClientUpdate { seq, update }))
+            .await?;
+        Ok(seq)
+    }
+
+    /// The updates sent and not yet acknowledged.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Gives up the connection (dead or alive) and keeps its unacknowledged updates, for
+    /// [`Client::connect_resuming`].
+    pub fn into_outbox(self) -> Outbox {
+        self.outbox
+    }
+
+    /// Runs `cells` (every stale cell when empty; every code cell again with `replay`). The
+    /// answer lists the cells queued, in the order they will start: pass them to
+    /// [`Client::follow_runs`].
+    pub async fn run_cells(
+        &mut self,
+        cells: Vec<String>,
+        replay: bool,
+    ) -> Result<Accepted, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::RunCells(RunCells {
+            client_ref,
+            cells,
+            replay,
+        });
+        self.request(&request, AwaitedReply::accepted(client_ref))
+            .await
+    }
+
+    /// Changes cells; with `run`, also runs what the edits made stale (in reactive mode). The
+    /// resulting Yjs updates come to every client, this one included, as `update` messages.
+    pub async fn edit_cells(
+        &mut self,
+        edits: Vec<CellEdit>,
+        run: bool,
+    ) -> Result<Accepted, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::EditCells(EditCells {
+            client_ref,
+            edits,
+            run,
+        });
+        self.request(&request, AwaitedReply::accepted(client_ref))
+            .await
+    }
+
+    /// Replaces the document's cells and outputs with a `.ipynb` file's JSON text; the answer
+    /// lists the cells created and the repairs made.
+    pub async fn import_ipynb(&mut self, ipynb: String) -> Result<Accepted, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::Import(ImportNotebook { client_ref, ipynb });
+        self.request(&request, AwaitedReply::accepted(client_ref))
+            .await
+    }
+
+    /// The document as `.ipynb` JSON text (nbformat 4.5) with its latest outputs.
+    pub async fn export_ipynb(&mut self) -> Result<String, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::Export { client_ref };
+        let exported = self
+            .request(&request, AwaitedReply::exported(client_ref))
+            .await?;
+        Ok(exported.ipynb)
+    }
+
+    /// The cells in document order with their state and dependencies.
+    pub async fn graph(&mut self) -> Result<GraphView, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::Graph { client_ref };
+        self.request(&request, AwaitedReply::graph(client_ref))
+            .await
+    }
+
+    /// Switches the document between reactive and lazy execution.
+    pub async fn set_mode(&mut self, mode: ExecutionMode) -> Result<Accepted, ClientError> {
+        let client_ref = self.fresh_ref();
+        let request = ClientMessage::SetMode { client_ref, mode };
+        self.request(&request, AwaitedReply::accepted(client_ref))
+            .await
+    }
+
+    /// Sends `request` and waits up to [`REQUEST_TIMEOUT`] for its answer, keeping everything
+    /// else in the backlog. Dropping the future loses nothing: what was read is in the backlog,
+    /// and a late answer arrives there too.
+    async fn request<T>(
+        &mut self,
+        request: &ClientMessage,
+        awaited: AwaitedReply<T>,
+    ) -> Result<T, ClientError> {
+        self.send(request).await?;
+        let wait = async {
+            loop {
+                let message = self.pull().await?;
+                if let Some(outcome) = awaited.offer(message, &mut self.backlog) {
+                    return outcome;
+                }
+            }
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+
+    /// Waits until every cell in `cells` (typically [`Accepted::queued`]) has finished: its
+    /// run's `done` arrived, or it was dropped without running because a cell it needs failed.
+    /// Returns one [`CellRun`] per cell, in the order given. Every message read meanwhile is
+    /// shown to `observe`.
+    ///
+    /// There is no time limit, since cells may legitimately run for hours: wrap the call in
+    /// `tokio::time::timeout` for one. To interrupt and keep following (Ctrl-C, say), drive a
+    /// [`RunFollower`] with [`Client::follow`] instead, which can be cancelled and called again.
+    pub async fn follow_runs(
+        &mut self,
+        cells: &[String],
+        mut observe: impl FnMut(&ServerMessage),
+    ) -> Result<Vec<CellRun>, ClientError> {
+        let mut follower = RunFollower::new(cells.iter().cloned());
+        self.follow(&mut follower, |_, message| observe(message))
+            .await?;
+        Ok(follower.into_runs())
+    }
+
+    /// Feeds `follower` every message until it has finished, showing each message to `observe`
+    /// after the follower took it. A fatal error ends the wait with [`ClientError::Refused`].
+    /// Cancel-safe: the progress lives in `follower`, so calling again resumes.
+    pub async fn follow(
+        &mut self,
+        follower: &mut RunFollower,
+        mut observe: impl FnMut(&RunFollower, &ServerMessage),
+    ) -> Result<(), ClientError> {
+        while !follower.is_finished() {
+            let message = self.recv().await?;
+            follower.handle(Instant::now(), &message);
+            observe(follower, &message);
+            if let ServerMessage::Error(reply) = message
+                && reply.fatal
+            {
+                return Err(ClientError::Refused(reply));
+            }
+        }
+        Ok(())
     }
 
     /// Closes the connection politely.

@@ -118,11 +118,71 @@ pub struct RunningNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts the kernel and the endpoints.
-pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
-    if !valid_document_id(&config.document) {
-        return Err(NodeError::BadDocumentId(config.document));
+/// What a warm node needs before it knows its document: endpoints, certificate, kernel.
+#[derive(Debug, Clone)]
+pub struct WarmConfig {
+    /// Where to listen for QUIC (UDP); `None` disables QUIC.
+    pub quic_listen: Option<SocketAddr>,
+    /// Where to listen for WebSocket (TCP); `None` disables WebSocket.
+    pub ws_listen: Option<SocketAddr>,
+    pub tls: TlsSource,
+    pub kernel: KernelConfig,
+    pub frame_limit: FrameLimit,
+}
+
+/// The document a warm node is given: what the coordinator decides at claim time.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The document to serve; tokens for any other are refused.
+    pub document: String,
+    /// The allocation epoch; tokens of an older epoch are refused, and store writes are fenced
+    /// with it.
+    pub epoch: u64,
+    /// The key capability tokens must be signed with.
+    pub token_key: VerifyingKey,
+    /// The document store (a folder or URL, as [`NodeConfig::store`]).
+    pub store: String,
+}
+
+impl NodeConfig {
+    fn split(self) -> (WarmConfig, Assignment) {
+        (
+            WarmConfig {
+                quic_listen: self.quic_listen,
+                ws_listen: self.ws_listen,
+                tls: self.tls,
+                kernel: self.kernel,
+                frame_limit: self.frame_limit,
+            },
+            Assignment {
+                document: self.document,
+                epoch: self.epoch,
+                token_key: self.token_key,
+                store: self.store,
+            },
+        )
     }
+}
+
+/// A node with its endpoints bound and its kernel started, waiting for a document: a warm task
+/// of the pool. Clients that connect before [`WarmNode::assign`] wait in the endpoints' accept
+/// queues.
+#[derive(Debug)]
+pub struct WarmNode {
+    pub quic_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    /// SHA-256 of the QUIC certificate, for clients to pin.
+    pub fingerprint: String,
+    pub kernel_pid: Option<u32>,
+    quic: Option<quinn::Endpoint>,
+    ws: Option<tokio::net::TcpListener>,
+    kernel: KernelBridge,
+    kernel_events: tokio::sync::mpsc::UnboundedReceiver<kernel::KernelEvent>,
+    frame_limit: FrameLimit,
+}
+
+/// Binds the endpoints and starts the kernel, without a document yet.
+pub async fn warm(config: WarmConfig) -> Result<WarmNode, NodeError> {
     if config.quic_listen.is_none() && config.ws_listen.is_none() {
         return Err(NodeError::NoEndpoint);
     }
@@ -131,77 +191,129 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .quic_listen
         .map(|addr| quic::bind(addr, &certificate))
         .transpose()?;
-    let ws = match config.ws_listen {
-        Some(addr) => Some(websocket::bind(addr).await?),
-        None => None,
-    };
-    let store = crate::store::ObjectDocumentStore::open(&config.store, []).map_err(|source| {
-        NodeError::Store {
-            url: config.store.clone(),
-            source: Box::new(source),
-        }
-    })?;
-    let doc_id = crate::store::DocumentId::new(config.document.clone())
-        .map_err(|_| NodeError::BadDocumentId(config.document.clone()))?;
-    let (kernel, events) = KernelBridge::start(config.kernel.clone()).await?;
-    let kernel_pid = kernel.pid();
-    let document = actor::open(Arc::new(store), doc_id, config.epoch, kernel, events)
-        .await
-        .map_err(Box::new)?;
-    let gate = Arc::new(Gate {
-        document: config.document.clone(),
-        epoch: config.epoch,
-        token_key: config.token_key,
-    });
-    let mut tasks = Vec::new();
     let quic_addr = match &quic {
-        Some(endpoint) => {
-            let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        Some(endpoint) => Some(endpoint.local_addr().map_err(|source| {
+            NodeError::Bind {
                 what: "QUIC",
                 addr: config
                     .quic_listen
                     .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
                 source,
+            }
+        })?),
+        None => None,
+    };
+    let ws = match config.ws_listen {
+        Some(addr) => Some(websocket::bind(addr).await?),
+        None => None,
+    };
+    let ws_addr = match &ws {
+        Some(listener) => Some(listener.local_addr().map_err(|source| NodeError::Bind {
+            what: "WebSocket",
+            addr: config.ws_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+            source,
+        })?),
+        None => None,
+    };
+    let (kernel, kernel_events) = KernelBridge::start(config.kernel.clone()).await?;
+    Ok(WarmNode {
+        quic_addr,
+        ws_addr,
+        fingerprint: certificate.fingerprint,
+        kernel_pid: kernel.pid(),
+        quic,
+        ws,
+        kernel,
+        kernel_events,
+        frame_limit: config.frame_limit,
+    })
+}
+
+impl WarmNode {
+    /// Opens the assigned document (claiming it in the store at the assignment's epoch) and
+    /// starts serving clients. A warm node serves one document in its life.
+    pub async fn assign(self, assignment: Assignment) -> Result<RunningNode, NodeError> {
+        if !valid_document_id(&assignment.document) {
+            return Err(NodeError::BadDocumentId(assignment.document));
+        }
+        let store =
+            crate::store::ObjectDocumentStore::open(&assignment.store, []).map_err(|source| {
+                NodeError::Store {
+                    url: assignment.store.clone(),
+                    source: Box::new(source),
+                }
             })?;
+        let doc_id = crate::store::DocumentId::new(assignment.document.clone())
+            .map_err(|_| NodeError::BadDocumentId(assignment.document.clone()))?;
+        let document = actor::open(
+            Arc::new(store),
+            doc_id,
+            assignment.epoch,
+            self.kernel,
+            self.kernel_events,
+        )
+        .await
+        .map_err(Box::new)?;
+        let gate = Arc::new(Gate {
+            document: assignment.document.clone(),
+            epoch: assignment.epoch,
+            token_key: assignment.token_key,
+        });
+        let mut tasks = Vec::new();
+        if let Some(endpoint) = &self.quic {
             let serve = quic::serve(
                 endpoint.clone(),
                 Arc::clone(&gate),
                 document.clone(),
-                config.frame_limit,
+                self.frame_limit,
             );
             tasks.push(tokio::spawn(serve));
-            Some(addr)
         }
-        None => None,
-    };
-    let ws_addr = match ws {
-        Some(listener) => {
-            let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-                what: "WebSocket",
-                addr: config.ws_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
-                source,
-            })?;
+        if let Some(listener) = self.ws {
             let serve = websocket::serve(
                 listener,
                 Arc::clone(&gate),
                 document.clone(),
-                config.frame_limit,
+                self.frame_limit,
             );
             tasks.push(tokio::spawn(serve));
-            Some(addr)
         }
-        None => None,
-    };
-    info!(document = %config.document, ?quic_addr, ?ws_addr, fingerprint = %certificate.fingerprint, "node serving");
-    Ok(RunningNode {
-        quic_addr,
-        ws_addr,
-        fingerprint: certificate.fingerprint,
-        kernel_pid,
-        document,
-        quic,
-        tasks,
-    })
+        info!(
+            document = %assignment.document,
+            epoch = assignment.epoch,
+            quic_addr = ?self.quic_addr,
+            ws_addr = ?self.ws_addr,
+            fingerprint = %self.fingerprint,
+            "node serving"
+        );
+        Ok(RunningNode {
+            quic_addr: self.quic_addr,
+            ws_addr: self.ws_addr,
+            fingerprint: self.fingerprint,
+            kernel_pid: self.kernel_pid,
+            document,
+            quic: self.quic,
+            tasks,
+        })
+    }
+
+    /// Stops a node that was never assigned: its kernel goes, its endpoints close.
+    pub async fn retire(self) {
+        if let Some(endpoint) = &self.quic {
+            endpoint.close(quinn::VarInt::from_u32(0), b"node retired");
+        }
+        self.kernel.shutdown().await;
+    }
+}
+
+/// Starts the kernel and the endpoints and serves `config.document` ([`warm`] then
+/// [`WarmNode::assign`]).
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    if !valid_document_id(&config.document) {
+        return Err(NodeError::BadDocumentId(config.document));
+    }
+    let (warm_config, assignment) = config.split();
+    warm(warm_config).await?.assign(assignment).await
 }
 
 impl RunningNode {

@@ -28,8 +28,20 @@ pub struct Args {
     /// The code to run.
     #[arg(long, short)]
     code: Option<String>,
+    #[command(flatten)]
+    connection: ConnectArgs,
+    /// Print every message from the node as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to reach a node and who to be there; shared by `exec` and `notebook`. Global, so a
+/// command with subcommands takes them before or after the subcommand's name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
     /// The capability token (or set AIRLOCK_TOKEN).
     #[arg(
+        global = true,
         long,
         env = "AIRLOCK_TOKEN",
         hide_env_values = true,
@@ -37,40 +49,35 @@ pub struct Args {
     )]
     token: Option<String>,
     /// Read the capability token from a file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(global = true, long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// The JSON file `airlock node --connect-file` wrote: endpoints and certificate fingerprint.
-    #[arg(long, value_name = "FILE")]
+    #[arg(global = true, long, value_name = "FILE")]
     connect_file: Option<PathBuf>,
     /// Connect over QUIC to this address (the default transport).
-    #[arg(long, value_name = "ADDR", conflicts_with = "ws")]
+    #[arg(global = true, long, value_name = "ADDR", conflicts_with = "ws")]
     quic: Option<SocketAddr>,
     /// The SHA-256 fingerprint of the node's certificate, as the node printed it.
-    #[arg(long, value_name = "HEX")]
+    #[arg(global = true, long, value_name = "HEX")]
     fingerprint: Option<String>,
     /// The name the node's certificate is issued for.
-    #[arg(long, default_value = "localhost")]
+    #[arg(global = true, long, default_value = "localhost")]
     server_name: String,
     /// Connect over WebSocket to this URL (ws://host:port/v1/doc).
-    #[arg(long, value_name = "URL")]
+    #[arg(global = true, long, value_name = "URL")]
     ws: Option<String>,
     /// With a connect file, use its WebSocket endpoint instead of QUIC.
-    #[arg(long, conflicts_with_all = ["quic", "ws"])]
+    #[arg(global = true, long, conflicts_with_all = ["quic", "ws"])]
     websocket: bool,
     /// Speak the JSON text form on WebSocket (as browsers do) instead of binary frames.
-    #[arg(long)]
+    #[arg(global = true, long)]
     ws_json: bool,
-    /// Print every message from the node as one JSON object per line.
-    #[arg(long)]
-    json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let code = read_code(&args)?;
-    let token = read_token(&args)?;
-    let target = target(&args)?;
     let renderer = Renderer::new(args.json);
-    let mut client = match Client::connect(&target, &token).await {
+    let mut client = match args.connection.connect().await? {
         Ok(client) => client,
         Err(err) => return Ok(unreachable(&err)),
     };
@@ -89,7 +96,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn unreachable(err: &ClientError) -> ExitCode {
+/// Reports a failure to reach the node or a refusal; exit status 2.
+pub fn unreachable(err: &ClientError) -> ExitCode {
     eprintln!("error: {err}");
     ExitCode::from(2)
 }
@@ -157,7 +165,17 @@ fn read_code(args: &Args) -> anyhow::Result<String> {
     }
 }
 
-fn read_token(args: &Args) -> anyhow::Result<String> {
+impl ConnectArgs {
+    /// Connects and says hello. The outer error is a mistake in the flags (no token, no node);
+    /// the inner one is the node being unreachable or refusing.
+    pub async fn connect(&self) -> anyhow::Result<Result<Client, ClientError>> {
+        let token = read_token(self)?;
+        let target = target(self)?;
+        Ok(Client::connect(&target, &token).await)
+    }
+}
+
+fn read_token(args: &ConnectArgs) -> anyhow::Result<String> {
     if let Some(token) = &args.token {
         return Ok(token.trim().to_owned());
     }
@@ -171,7 +189,7 @@ fn read_token(args: &Args) -> anyhow::Result<String> {
     )
 }
 
-fn target(args: &Args) -> anyhow::Result<Target> {
+fn target(args: &ConnectArgs) -> anyhow::Result<Target> {
     #[derive(serde::Deserialize)]
     struct ConnectFile {
         quic: Option<SocketAddr>,

@@ -4,6 +4,7 @@ mod demo;
 mod exec;
 mod keys;
 mod node;
+mod notebook;
 mod python;
 mod render;
 
@@ -48,6 +49,8 @@ enum Command {
     Node(Box<node::Args>),
     /// Run code in a document over QUIC (default) or WebSocket and print its outputs.
     Exec(exec::Args),
+    /// Work with a document's cells: import, run, set, graph, export, mode.
+    Notebook(notebook::Args),
     /// Mint a capability token for local use (the coordinator issues them in a cluster).
     Token(keys::TokenArgs),
     /// Make an ed25519 key pair for signing capability tokens.
@@ -214,6 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Node(args) => node::run(*args).await,
         Command::Exec(args) => exec::run(args).await,
+        Command::Notebook(args) => notebook::run(args).await,
         Command::Token(args) => keys::token(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Python(args) => python::run(args).await,
