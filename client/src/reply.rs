@@ -155,7 +155,10 @@ mod tests {
         let incoming = vec![
             cell("a"),
             accepted(6), // another request's answer is not ours
-            ServerMessage::Ack(UpdateAck { seq: 1 }),
+            ServerMessage::Ack(UpdateAck {
+                seq: 1,
+                refused: None,
+            }),
             output.clone(),
             accepted(7),
             cell("b"),
@@ -171,7 +174,10 @@ mod tests {
             vec![
                 cell("a"),
                 accepted(6),
-                ServerMessage::Ack(UpdateAck { seq: 1 }),
+                ServerMessage::Ack(UpdateAck {
+                    seq: 1,
+                    refused: None
+                }),
                 output
             ]
         );

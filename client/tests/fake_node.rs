@@ -215,7 +215,10 @@ fn script(
             let bytes = update.update.0.clone();
             let _ = updates.send((update.seq, bytes.clone()));
             if bytes.first() == Some(&1) {
-                vec![ServerMessage::Ack(UpdateAck { seq: update.seq })]
+                vec![ServerMessage::Ack(UpdateAck {
+                    seq: update.seq,
+                    refused: None,
+                })]
             } else {
                 vec![]
             }

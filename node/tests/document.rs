@@ -550,3 +550,58 @@ async fn the_pdsh_notebook_imports_runs_reacts_and_exports() {
     assert_eq!(reimported.outputs.len(), 20);
     node.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_updates_are_refused_by_ack_and_the_session_goes_on() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start("hostile", 1, store.path()).await;
+    let mut editor = Replica::join(node.editor(0).await, 41).await;
+    editor
+        .client
+        .edit_cells(vec![insert(0, "c", CellKind::Code, "")], false)
+        .await
+        .unwrap();
+    editor.absorb(Duration::from_millis(200)).await;
+
+    // Garbage, and a well-formed update over the per-update limit (2 MiB).
+    let garbage = editor.client.update(vec![0xff; 64]).await.unwrap();
+    let scratch = Notebook::with_client_id(42);
+    scratch
+        .insert_cell(0, "big", airlock_node::collab::CellKind::Code, "")
+        .unwrap();
+    let big = scratch.insert_text("big", 0, &"x".repeat(3 << 20)).unwrap();
+    let oversized = editor.client.update(big).await.unwrap();
+    for seq in [garbage, oversized] {
+        let ack = next_matching(&mut editor.client, WAIT, |m| match m {
+            ServerMessage::Ack(ack) if ack.seq == seq => Some(ack),
+            _ => None,
+        })
+        .await;
+        let reason = ack.refused.expect("refused, not acknowledged as durable");
+        assert!(reason.contains("update refused"), "{reason}");
+    }
+    assert!(
+        editor.client.outbox().is_empty(),
+        "refused updates leave the outbox"
+    );
+
+    // A viewer may watch but not edit.
+    let mut viewer = Client::connect(&node.quic(), &node.token(Role::Viewer))
+        .await
+        .unwrap();
+    let update = scratch.insert_text("big", 0, "x").unwrap();
+    viewer.update(update).await.unwrap();
+    let refusal = next_matching(&mut viewer, WAIT, |m| match m {
+        ServerMessage::Error(err) => Some(err),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refusal.code, ErrorCode::Forbidden);
+
+    // The editor's session goes on.
+    editor.type_into("c", 0, "ok = 1").await;
+    editor.settle().await;
+    let fresh = Replica::join(node.editor(1).await, 43).await;
+    assert_eq!(fresh.notebook.cell("c").unwrap().source, "ok = 1");
+    node.node.shutdown().await;
+}

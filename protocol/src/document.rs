@@ -49,10 +49,14 @@ pub struct DocUpdate {
     pub update: Blob,
 }
 
-/// The client's update `seq` is durable.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// The node is done with the client's update `seq`: it is durable, or (with `refused`) it was
+/// refused and will never be applied, so the client must not send it again.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct UpdateAck {
     pub seq: u64,
+    /// Why the update was refused (it does not validate, or is over the limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A y-protocols awareness update (presence, cursors), relayed and never stored.

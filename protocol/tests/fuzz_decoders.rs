@@ -315,7 +315,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         any::<u64>().prop_map(|nonce| ServerMessage::Pong { nonce }),
         blob().prop_map(|update| ServerMessage::SyncStep2(SyncStep2 { update })),
         blob().prop_map(|update| ServerMessage::Update(DocUpdate { update })),
-        any::<u64>().prop_map(|seq| ServerMessage::Ack(UpdateAck { seq })),
+        any::<u64>().prop_map(|seq| ServerMessage::Ack(UpdateAck { seq, refused: None })),
         ("[a-z0-9-]{1,12}", cell_state())
             .prop_map(|(cell, state)| ServerMessage::Cell(CellStatus { cell, state })),
         (

@@ -545,9 +545,10 @@ impl Handler<Committed> for DocumentActor {
                 if let Some((session, client_seq)) = committed.ack
                     && let Some(entry) = self.sessions.get(&session)
                 {
-                    let _ = entry
-                        .direct
-                        .send(ServerMessage::Ack(UpdateAck { seq: client_seq }));
+                    let _ = entry.direct.send(ServerMessage::Ack(UpdateAck {
+                        seq: client_seq,
+                        refused: None,
+                    }));
                 }
                 self.maybe_compact(ctx);
             }
@@ -961,11 +962,14 @@ impl DocumentActor {
         update: Vec<u8>,
         ctx: &mut Context<Self>,
     ) {
-        let refuse = |actor: &Self, message: String| {
+        // A refused update is answered with a refusing ack: sending it again cannot help.
+        let refuse = |actor: &Self, reason: String| {
+            metrics::counter!("airlock_node_updates_refused_total").increment(1);
             if let Some(entry) = actor.sessions.get(&session) {
-                let _ = entry
-                    .direct
-                    .send(ServerMessage::Error(bad_request(None, message)));
+                let _ = entry.direct.send(ServerMessage::Ack(UpdateAck {
+                    seq,
+                    refused: Some(reason),
+                }));
             }
         };
         if !self
@@ -976,18 +980,14 @@ impl DocumentActor {
             return refuse(self, "a viewer may not edit the document".to_owned());
         }
         if let Err(err) = validate::update_v1(&update, &client_limits()) {
-            metrics::counter!("airlock_node_updates_refused_total").increment(1);
-            return refuse(self, format!("update {seq} refused: {err}"));
+            return refuse(self, format!("update refused: {err}"));
         }
         let changes = match self.notebook.apply(&update) {
             Ok(changes) => changes,
             Err(NotebookError::Poisoned) => {
                 return self.stop_serving(StopReason::Internal, ctx);
             }
-            Err(err) => {
-                metrics::counter!("airlock_node_updates_refused_total").increment(1);
-                return refuse(self, format!("update {seq} refused: {err}"));
-            }
+            Err(err) => return refuse(self, format!("update refused: {err}")),
         };
         metrics::counter!("airlock_node_updates_total").increment(1);
         let update = Bytes::from(update);
