@@ -1,4 +1,21 @@
-//! `airlock-coordinator` will own the Raft-replicated coordinator: state machine, warm pool controller, drivers (local, nomad), HTTP API, token issuing. Not built yet (issue 4 of 5).
+//! `airlock-coordinator`: the Raft-replicated coordinator of one region.
 //!
-//! Nothing lives here yet; see `docs/ARCHITECTURE.md` for what each crate owns.
+//! Coordinators keep a warm pool of kernel tasks, hand each document to exactly one task (with an
+//! epoch that fences out every earlier owner at the document store), and survive losing their
+//! leader. DESIGN.md §4 is the contract.
+//!
+//! # Layout
+//! - [`model`]: the vocabulary — tasks, allocations, pool targets, and the commands of the log.
+//! - [`state`]: the replicated state machine, a sans-IO core: `apply(index, command)`.
+//! - [`raft`]: openraft around the state machine — log and state on disk (redb), snapshots,
+//!   the network between coordinators (mutual TLS), and proposing from any coordinator.
+//! - [`pool`]: the pool controller, a sans-IO core: how many tasks to start, retire and drain.
+//! - [`driver`]: how tasks are started and stopped: the `Driver` trait, its conformance suite,
+//!   and the local driver (spawns `airlock node` processes on this machine).
 #![forbid(unsafe_code)]
+
+pub mod driver;
+pub mod model;
+pub mod pool;
+pub mod raft;
+pub mod state;

@@ -1,0 +1,1 @@
+//! Drivers that start and stop tasks (to be written).

@@ -1,0 +1,1 @@
+//! The pool controller (to be written).

@@ -1,0 +1,1 @@
+//! openraft around the state machine (to be written).
