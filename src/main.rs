@@ -11,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = commands::Cli::parse();
+    // One crypto provider for every TLS user in the process (QUIC, HTTPS to coordinators).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
     tracing_subscriber::fmt()

@@ -69,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
         kernel: KernelConfig::new(python, scratch.path().join("runtime")),
         frame_limit: FrameLimit::default(),
         store: scratch.path().join("store").display().to_string(),
+        idle_timeout: None,
     })
     .await?;
     let token = token::sign(

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// Where the document's history and outputs are kept: a local folder, or a URL
     /// (`file://`, `s3://…`, `memory://` for throwaway documents).
     pub store: String,
+    /// Stop serving (after a snapshot) once no client has been connected for this long.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Why a node could not start.
@@ -142,6 +144,8 @@ pub struct Assignment {
     pub token_key: VerifyingKey,
     /// The document store (a folder or URL, as [`NodeConfig::store`]).
     pub store: String,
+    /// Stop serving once no client has been connected for this long.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl NodeConfig {
@@ -159,6 +163,7 @@ impl NodeConfig {
                 epoch: self.epoch,
                 token_key: self.token_key,
                 store: self.store,
+                idle_timeout: self.idle_timeout,
             },
         )
     }
@@ -251,6 +256,7 @@ impl WarmNode {
             assignment.epoch,
             self.kernel,
             self.kernel_events,
+            assignment.idle_timeout,
         )
         .await
         .map_err(Box::new)?;

@@ -50,6 +50,7 @@ async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {
         kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
         frame_limit,
         store: store.path().display().to_string(),
+        idle_timeout: None,
     })
     .await
     .expect("node starts");

@@ -5,6 +5,7 @@
 //!   welcome, execute, outputs, kernel status, interrupt, restart, typed errors.
 //! - [`document`]: collaborative editing (y-sync), the cell graph and notebook files.
 //! - [`blob`]: opaque bytes, `bin` in MessagePack and base64 in JSON.
+//! - [`control`]: the HTTP/JSON protocol between a task's node and the coordinators.
 //! - [`codec`]: the one binary framing used on QUIC streams and WebSocket binary frames, the JSON
 //!   text form for browsers, and the frame size limits.
 //! - [`token`]: ed25519-signed capability tokens (document, user, role, epoch, expiry).
@@ -16,6 +17,7 @@
 
 pub mod blob;
 pub mod codec;
+pub mod control;
 pub mod document;
 pub mod message;
 pub mod token;

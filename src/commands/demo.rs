@@ -60,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         frame_limit: FrameLimit::default(),
         store: runtime.path().join("documents").display().to_string(),
+        idle_timeout: None,
     })
     .await?;
     say(&format!(

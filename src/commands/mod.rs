@@ -7,6 +7,7 @@ mod node;
 mod notebook;
 mod python;
 mod render;
+mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

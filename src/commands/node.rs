@@ -3,15 +3,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use airlock_node::document::actor::StopReason;
 use airlock_node::kernel::KernelConfig;
 use airlock_node::tls::TlsSource;
-use airlock_node::{NodeConfig, RunningNode};
+use airlock_node::{Assignment, RunningNode, WarmConfig};
 use airlock_protocol::FrameLimit;
 use airlock_protocol::codec::DEFAULT_MAX_FRAME_LEN;
+use airlock_protocol::control::{TaskReady, TaskReleased};
 use anyhow::Context as _;
 use serde_json::json;
 
+use super::task::TaskAgent;
 use super::{JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
@@ -22,15 +26,43 @@ use super::{JailArgs, PythonArgs};
     --doc notes)\" --code 'print(1 + 1)'"
 )]
 pub struct Args {
-    /// The document this node serves.
-    #[arg(long, value_name = "ID")]
-    doc: String,
+    /// The document this node serves (standalone; with --task the coordinator assigns it).
+    #[arg(long, value_name = "ID", required_unless_present = "task")]
+    doc: Option<String>,
     /// The allocation epoch; tokens minted for an older epoch are refused.
     #[arg(long, default_value_t = 0)]
     epoch: u64,
-    /// The public key (SPKI PEM) capability tokens must be signed with.
-    #[arg(long, value_name = "FILE", env = "AIRLOCK_TOKEN_PUBLIC_KEY")]
-    token_public_key: PathBuf,
+    /// The public key (SPKI PEM) capability tokens must be signed with (standalone; with --task
+    /// the coordinator sends it).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "AIRLOCK_TOKEN_PUBLIC_KEY",
+        required_unless_present = "task"
+    )]
+    token_public_key: Option<PathBuf>,
+    /// Run as a task of a coordinator's warm pool: warm up, report ready, and serve the
+    /// document a claim assigns. The task's secret comes from AIRLOCK_TASK_TOKEN.
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "coordinator",
+        conflicts_with = "doc"
+    )]
+    task: Option<String>,
+    /// The coordinator's URL, for --task.
+    #[arg(long, value_name = "URL", requires = "task")]
+    coordinator: Option<String>,
+    /// The region this task belongs to (reported by the driver; informational).
+    #[arg(long, value_name = "REGION", requires = "task")]
+    region: Option<String>,
+    /// The runtime version this task reports [default: this build's version].
+    #[arg(long, value_name = "VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    runtime_version: String,
+    /// Release the document (after a snapshot) once no client has been connected for this
+    /// many seconds [default: never standalone, 600 with --task].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
     /// UDP address for QUIC clients.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4433")]
     quic: SocketAddr,
@@ -84,60 +116,153 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let pem = std::fs::read_to_string(&args.token_public_key).with_context(|| {
+    let jail = args.jail.config()?;
+    let python = args.python.interpreter().await?;
+    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+        _ => TlsSource::SelfSigned {
+            names: args.tls_names.clone(),
+        },
+    };
+    let warm = WarmConfig {
+        quic_listen: (!args.no_quic).then_some(args.quic),
+        ws_listen: (!args.no_ws).then_some(args.ws),
+        tls,
+        kernel: KernelConfig {
+            jail,
+            ..KernelConfig::new(python, args.runtime_dir.clone())
+        },
+        frame_limit: FrameLimit::new(args.max_frame),
+    };
+    match (&args.task, &args.coordinator) {
+        (Some(task), Some(coordinator)) => run_task(&args, task, coordinator, warm).await,
+        _ => run_standalone(&args, warm).await,
+    }
+}
+
+/// Serves `--doc` until a signal, or until the document stops serving on its own.
+async fn run_standalone(args: &Args, warm: WarmConfig) -> anyhow::Result<ExitCode> {
+    let doc = args.doc.clone().context("pass --doc (or --task)")?;
+    let key_file = args
+        .token_public_key
+        .as_ref()
+        .context("pass --token-public-key (or --task)")?;
+    let pem = std::fs::read_to_string(key_file).with_context(|| {
         format!(
             "reading the token public key {}; make one with `airlock keygen`",
-            args.token_public_key.display()
+            key_file.display()
         )
     })?;
     let token_key = airlock_protocol::token::verifying_key_from_pem(&pem)
-        .with_context(|| format!("{}", args.token_public_key.display()))?;
-    let jail = args.jail.config()?;
-    let python = args.python.interpreter().await?;
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-        _ => TlsSource::SelfSigned {
-            names: args.tls_names,
-        },
-    };
-    let store = match args.store {
-        Some(store) => store,
+        .with_context(|| format!("{}", key_file.display()))?;
+    let store = match &args.store {
+        Some(store) => store.clone(),
         None => airlock_node::store::data_home()
             .context("neither XDG_DATA_HOME nor HOME is set; pass --store DIR")?
             .join("documents")
             .display()
             .to_string(),
     };
-    let config = NodeConfig {
-        document: args.doc.clone(),
-        epoch: args.epoch,
-        token_key,
-        quic_listen: (!args.no_quic).then_some(args.quic),
-        ws_listen: (!args.no_ws).then_some(args.ws),
-        tls,
-        kernel: KernelConfig {
-            jail,
-            ..KernelConfig::new(python, args.runtime_dir)
-        },
-        frame_limit: FrameLimit::new(args.max_frame),
-        store,
-    };
-    let node = airlock_node::start(config).await?;
-    announce(&node, &args.doc, args.connect_file.as_deref())?;
-    let code = tokio::select! {
-        () = wait_for_signal() => {
-            eprintln!("shutting down: closing clients and stopping the kernel");
-            ExitCode::SUCCESS
-        }
-        reason = node.stopped() => {
-            eprintln!("{}", reason.reply().message);
-            eprintln!("the document stopped serving; shutting down");
-            ExitCode::from(4)
-        }
-    };
+    let node = airlock_node::warm(warm)
+        .await?
+        .assign(Assignment {
+            document: doc.clone(),
+            epoch: args.epoch,
+            token_key,
+            store,
+            idle_timeout: args.idle_timeout.map(Duration::from_secs),
+        })
+        .await?;
+    announce(&node, &doc, args.connect_file.as_deref())?;
+    let (code, _) = serve_until_stopped(&node).await;
     node.shutdown().await;
     if let Some(path) = &args.connect_file {
         let _ = std::fs::remove_file(path);
+    }
+    Ok(code)
+}
+
+/// Waits for a signal or for the document to stop by itself; says which.
+async fn serve_until_stopped(node: &RunningNode) -> (ExitCode, &'static str) {
+    tokio::select! {
+        () = wait_for_signal() => {
+            eprintln!("shutting down: closing clients and stopping the kernel");
+            (ExitCode::SUCCESS, "shutdown")
+        }
+        reason = node.stopped() => {
+            eprintln!("{}", reason.reply().message);
+            match reason {
+                StopReason::Idle => (ExitCode::SUCCESS, "idle"),
+                StopReason::Moved => (ExitCode::from(4), "moved"),
+                StopReason::Shutdown => (ExitCode::SUCCESS, "shutdown"),
+                StopReason::Internal => (ExitCode::from(4), "failed"),
+            }
+        }
+    }
+}
+
+/// A task of the warm pool: warm up, report ready, wait for a document, serve it, release it.
+async fn run_task(
+    args: &Args,
+    task: &str,
+    coordinator: &str,
+    warm: WarmConfig,
+) -> anyhow::Result<ExitCode> {
+    let secret = std::env::var("AIRLOCK_TASK_TOKEN")
+        .context("a task needs its secret in AIRLOCK_TASK_TOKEN (the driver sets it)")?;
+    let agent = TaskAgent::new(coordinator, task, secret)?;
+    let node = airlock_node::warm(warm).await?;
+    let ready = TaskReady {
+        quic: node.quic_addr.map(|addr| addr.to_string()),
+        websocket: node
+            .ws_addr
+            .map(|addr| format!("ws://{addr}{}", airlock_node::websocket::PATH)),
+        fingerprint: node.fingerprint.clone(),
+        runtime_version: args.runtime_version.clone(),
+    };
+    let lease = agent.ready(&ready).await?;
+    tracing::info!(task, coordinator, "warm; waiting for a document");
+    let heartbeats = tokio::spawn(agent.clone().keep_lease(lease));
+    let assignment = loop {
+        tokio::select! {
+            () = wait_for_signal() => {
+                heartbeats.abort();
+                node.retire().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            polled = agent.assignment() => match polled {
+                Ok(Some(assignment)) => break assignment,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!("waiting for a document: {err:#}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+        }
+    };
+    let token_key = airlock_protocol::token::verifying_key_from_pem(&assignment.token_public_key)
+        .context("the coordinator sent a token key that does not parse")?;
+    let idle = Duration::from_secs(args.idle_timeout.unwrap_or(600));
+    let node = node
+        .assign(Assignment {
+            document: assignment.document.clone(),
+            epoch: assignment.epoch,
+            token_key,
+            store: assignment.store.clone(),
+            idle_timeout: Some(idle),
+        })
+        .await?;
+    tracing::info!(task, document = %assignment.document, epoch = assignment.epoch, "serving");
+    let (code, reason) = serve_until_stopped(&node).await;
+    node.shutdown().await;
+    heartbeats.abort();
+    let released = TaskReleased {
+        document: assignment.document,
+        epoch: assignment.epoch,
+        reason: reason.to_owned(),
+    };
+    if let Err(err) = agent.released(&released).await {
+        tracing::warn!("telling the coordinator the document was released: {err:#}");
     }
     Ok(code)
 }

@@ -202,6 +202,7 @@ impl JailedNode {
             kernel: KernelConfig::jailed(python().await, runtime.path().to_owned(), config),
             frame_limit: FrameLimit::default(),
             store: "memory://".into(),
+            idle_timeout: None,
         });
         let node = tokio::time::timeout(PATIENCE, start)
             .await

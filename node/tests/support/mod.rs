@@ -79,6 +79,7 @@ impl TestNode {
             kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
             frame_limit: airlock_protocol::FrameLimit::default(),
             store: store.display().to_string(),
+            idle_timeout: None,
         })
         .await
         .expect("node starts");

@@ -23,6 +23,8 @@ pub struct Joined {
 pub enum StopReason {
     /// The node is shutting down.
     Shutdown,
+    /// No client for the configured idle time: the document was snapshotted and released.
+    Idle,
     /// The store refused a write: a newer owner holds the document.
     Moved,
     /// The document's replica hit a bug in the CRDT library; it must be reloaded.
@@ -36,6 +38,11 @@ impl StopReason {
             StopReason::Shutdown => {
                 ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down")
             }
+            StopReason::Idle => ErrorReply::fatal(
+                ErrorCode::Internal,
+                "the document was idle and has been released; ask the coordinator for a new \
+                 session",
+            ),
             StopReason::Moved => ErrorReply::fatal(
                 ErrorCode::DocumentMoved,
                 "another node now serves this document (its store refused this node's write); \

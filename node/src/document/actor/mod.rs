@@ -172,12 +172,15 @@ pub async fn load(
 }
 
 /// Opens `doc` at `epoch` ([`load`]) and starts its actor around the already started kernel.
+/// With `idle_timeout`, the document stops ([`StopReason::Idle`]) once it has had no client for
+/// that long, after a snapshot.
 pub async fn open(
     store: Arc<ObjectDocumentStore>,
     doc: DocumentId,
     epoch: u64,
     kernel: KernelBridge,
     kernel_events: mpsc::UnboundedReceiver<KernelEvent>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Result<DocumentHandle, OpenError> {
     let loaded = load(&store, doc, epoch).await?;
     let committer = GroupCommitter::spawn(
@@ -213,6 +216,8 @@ pub async fn open(
         compacting: false,
         stop: None,
         stopped_tx,
+        idle_timeout,
+        idle_since: Some(std::time::Instant::now()),
     };
     handle::spawn(actor, stopped_rx).map_err(OpenError::Thread)
 }
@@ -272,6 +277,10 @@ pub struct DocumentActor {
     /// Why the actor is stopping, once it is.
     stop: Option<StopReason>,
     stopped_tx: watch::Sender<Option<StopReason>>,
+    /// Stop after this long without a client.
+    idle_timeout: Option<std::time::Duration>,
+    /// Since when no client has been connected.
+    idle_since: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for DocumentActor {
@@ -296,6 +305,21 @@ impl Actor for DocumentActor {
                 events.recv().await.map(|event| (event, events))
             });
             ctx.add_stream(stream);
+        }
+        if let Some(timeout) = self.idle_timeout {
+            let every = (timeout / 4).clamp(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(5),
+            );
+            ctx.run_interval(every, move |actor, ctx| {
+                let idle = actor
+                    .idle_since
+                    .is_some_and(|since| since.elapsed() >= timeout);
+                if idle && actor.current.is_none() {
+                    info!(document = %actor.doc, "no client for {timeout:?}; releasing");
+                    actor.stop_serving(StopReason::Idle, ctx);
+                }
+            });
         }
     }
 
@@ -370,6 +394,7 @@ impl Handler<Join> for DocumentActor {
             }
         }
         info!(session = session.0, user = %join.user, role = %join.role, "client joined");
+        self.idle_since = None;
         self.sessions.insert(
             session,
             Session {
@@ -394,6 +419,9 @@ impl Handler<Leave> for DocumentActor {
     fn handle(&mut self, leave: Leave, _ctx: &mut Context<Self>) {
         if self.sessions.remove(&leave.session).is_some() {
             info!(session = leave.session.0, "client left");
+        }
+        if self.sessions.is_empty() {
+            self.idle_since = Some(std::time::Instant::now());
         }
         metrics::gauge!("airlock_node_sessions").set(self.sessions.len() as f64);
     }
@@ -496,7 +524,7 @@ impl Handler<Shutdown> for DocumentActor {
             self.stop = Some(StopReason::Shutdown);
         }
         info!(document = %self.doc, "document stopping");
-        let snapshot = (self.stop == Some(StopReason::Shutdown))
+        let snapshot = matches!(self.stop, Some(StopReason::Shutdown | StopReason::Idle))
             .then(|| Bytes::from(self.notebook.snapshot()));
         let store = Arc::clone(&self.store);
         let (doc, epoch) = (self.doc.clone(), self.epoch);

@@ -1,0 +1,129 @@
+//! The node's side of the control protocol (`airlock_protocol::control`): a warm task reports
+//! ready, keeps its lease with heartbeats, waits for its document, and says when it let it go.
+
+use std::time::Duration;
+
+use airlock_protocol::control::{HeartbeatReply, TaskAssignment, TaskReady, TaskReleased};
+use anyhow::Context as _;
+use reqwest::StatusCode;
+
+/// How long one assignment poll waits at the coordinator.
+const ASSIGNMENT_WAIT: Duration = Duration::from_secs(25);
+
+/// A task's connection to the coordinators of its region.
+#[derive(Debug, Clone)]
+pub struct TaskAgent {
+    http: reqwest::Client,
+    base: String,
+    task: String,
+    secret: String,
+}
+
+impl TaskAgent {
+    pub fn new(coordinator: &str, task: &str, secret: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client for the coordinator")?;
+        Ok(TaskAgent {
+            http,
+            base: coordinator.trim_end_matches('/').to_owned(),
+            task: task.to_owned(),
+            secret,
+        })
+    }
+
+    fn url(&self, what: &str) -> String {
+        format!("{}/v1/tasks/{}/{what}", self.base, self.task)
+    }
+
+    /// Joins the warm pool.
+    pub async fn ready(&self, ready: &TaskReady) -> anyhow::Result<HeartbeatReply> {
+        let response = self
+            .http
+            .post(self.url("ready"))
+            .bearer_auth(&self.secret)
+            .json(ready)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+        Self::json(response, "ready").await
+    }
+
+    pub async fn heartbeat(&self) -> anyhow::Result<HeartbeatReply> {
+        let response = self
+            .http
+            .post(self.url("heartbeat"))
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+        Self::json(response, "heartbeat").await
+    }
+
+    /// Waits (one long poll) for the document a claim gave this task.
+    pub async fn assignment(&self) -> anyhow::Result<Option<TaskAssignment>> {
+        let response = self
+            .http
+            .get(format!(
+                "{}?wait_ms={}",
+                self.url("assignment"),
+                ASSIGNMENT_WAIT.as_millis()
+            ))
+            .bearer_auth(&self.secret)
+            .timeout(ASSIGNMENT_WAIT + Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        Self::json(response, "assignment").await.map(Some)
+    }
+
+    pub async fn released(&self, released: &TaskReleased) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(self.url("released"))
+            .bearer_auth(&self.secret)
+            .json(released)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+        if !response.status().is_success() {
+            anyhow::bail!("the coordinator refused the release: {}", response.status());
+        }
+        Ok(())
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        response: reqwest::Response,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("the coordinator answered {what} with {status}: {body}");
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("the coordinator's answer to {what} does not decode"))
+    }
+
+    /// Sends heartbeats until the task process ends; a coordinator that cannot be reached is
+    /// retried at the same pace (the lease tolerates a few misses).
+    pub async fn keep_lease(self, first: HeartbeatReply) {
+        let mut interval = Duration::from_millis(first.interval_ms.max(100));
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.heartbeat().await {
+                Ok(reply) => interval = Duration::from_millis(reply.interval_ms.max(100)),
+                Err(err) => tracing::warn!("heartbeat failed: {err:#}"),
+            }
+        }
+    }
+}
