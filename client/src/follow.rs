@@ -19,11 +19,21 @@
 //!
 //! The first run queued for a listed cell is the one followed; a later run of the same cell
 //! (another client's edit, say) is not.
+//!
+//! # Following one request exactly
+//! [`RunFollower::for_request`] follows only the runs a given request queued: the node names the
+//! requesting session and `client_ref` in each `queued` event. Events of earlier runs that are
+//! still waiting to be read cannot be mistaken for the request's. A cell then counts as dropped
+//! only after one of the request's runs failed and the cell left `queued` without a run.
+//!
+//! In both modes a `dead` kernel ends every cell that has not finished.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use airlock_protocol::{CellState, Output, RunId, RunStatus, ServerMessage};
+use airlock_protocol::{
+    CellState, KernelStatus, Output, RunId, RunStatus, ServerMessage, SessionId,
+};
 
 /// What became of one cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +80,10 @@ pub struct RunFollower {
     by_cell: HashMap<String, usize>,
     by_run: HashMap<RunId, usize>,
     unfinished: usize,
+    /// Only runs queued by this request (session, `client_ref`) are followed.
+    scope: Option<(SessionId, u64)>,
+    /// A followed run failed: its queued dependents may be dropped now.
+    failed: bool,
 }
 
 impl RunFollower {
@@ -80,6 +94,8 @@ impl RunFollower {
             by_cell: HashMap::new(),
             by_run: HashMap::new(),
             unfinished: 0,
+            scope: None,
+            failed: false,
         };
         for cell in cells {
             let cell = cell.into();
@@ -101,6 +117,18 @@ impl RunFollower {
             ));
         }
         follower.unfinished = follower.cells.len();
+        follower
+    }
+
+    /// Follows `cells` as queued by the request `client_ref` of `session` (its `accepted`
+    /// reply's `queued`), ignoring every other run of those cells.
+    pub fn for_request<S: Into<String>>(
+        cells: impl IntoIterator<Item = S>,
+        session: SessionId,
+        client_ref: u64,
+    ) -> Self {
+        let mut follower = Self::new(cells);
+        follower.scope = Some((session, client_ref));
         follower
     }
 
@@ -149,6 +177,12 @@ impl RunFollower {
                 let Some(&i) = queued.cell.as_ref().and_then(|c| self.by_cell.get(c)) else {
                     return;
                 };
+                if self
+                    .scope
+                    .is_some_and(|scope| scope != (queued.session, queued.client_ref))
+                {
+                    return;
+                }
                 let (run, progress) = &mut self.cells[i];
                 if run.run.is_some() || progress.finished {
                     return;
@@ -174,7 +208,19 @@ impl RunFollower {
                     .or(progress.queued_at)
                     .map(|start| now.saturating_duration_since(start));
                 progress.done = true;
+                if done.status != RunStatus::Ok {
+                    self.failed = true;
+                }
                 self.settle(i);
+            }
+            ServerMessage::Kernel(KernelStatus::Dead { .. }) => {
+                // Nothing queued will run in this kernel any more.
+                for (_, progress) in &mut self.cells {
+                    if !progress.finished {
+                        progress.finished = true;
+                        self.unfinished -= 1;
+                    }
+                }
             }
             ServerMessage::Cell(status) => {
                 let Some(&i) = self.by_cell.get(&status.cell) else {
@@ -211,12 +257,16 @@ impl RunFollower {
             run.state,
             Some(CellState::Idle | CellState::Stale | CellState::Error { .. })
         );
+        let armed = match self.scope {
+            Some(_) => self.failed,
+            None => progress.armed,
+        };
         let finished = if run.run.is_some() {
             progress.done
                 && progress.state_since_run
                 && !matches!(run.state, Some(CellState::Running))
         } else {
-            progress.armed && left_queue
+            armed && left_queue
         };
         if finished {
             progress.finished = true;
@@ -409,5 +459,68 @@ mod tests {
     #[test]
     fn nothing_to_follow_is_finished_at_once() {
         assert!(RunFollower::new(Vec::<String>::new()).is_finished());
+    }
+
+    fn queued_by(run: u64, cell: &str, client_ref: u64) -> ServerMessage {
+        ServerMessage::Queued(RunQueued {
+            run: RunId(run),
+            session: SessionId(1),
+            client_ref,
+            user: "ada".into(),
+            code: String::new(),
+            cell: Some(cell.into()),
+        })
+    }
+
+    #[test]
+    fn a_request_follower_ignores_earlier_runs_of_its_cells() {
+        let now = Instant::now();
+        let mut follower = RunFollower::for_request(["a", "b"], SessionId(1), 9);
+        // An earlier request's runs of the same cells, still unread.
+        for message in [
+            state("a", CellState::Queued),
+            queued_by(1, "a", 3),
+            state("a", CellState::Running),
+            done(1, RunStatus::Ok),
+            state("a", CellState::Idle),
+            state("b", CellState::Queued),
+            state("b", CellState::Stale),
+        ] {
+            follower.handle(now, &message);
+        }
+        assert!(!follower.is_finished(), "old events finish nothing");
+        for message in [
+            queued_by(5, "a", 9),
+            output(5, "new"),
+            state("a", CellState::Running),
+            done(5, RunStatus::Error),
+            state(
+                "a",
+                CellState::Error {
+                    message: "raised".into(),
+                },
+            ),
+            // `b` needed `a`, which failed: dropped without a run.
+            state("b", CellState::Stale),
+        ] {
+            follower.handle(now, &message);
+        }
+        assert!(follower.is_finished());
+        let runs = follower.into_runs();
+        assert_eq!(runs[0].run, Some(RunId(5)));
+        assert_eq!(runs[0].outputs.len(), 1);
+        assert_eq!(runs[1].run, None);
+    }
+
+    #[test]
+    fn a_dead_kernel_ends_every_cell() {
+        let mut follower = RunFollower::for_request(["a"], SessionId(1), 9);
+        follower.handle(
+            Instant::now(),
+            &ServerMessage::Kernel(KernelStatus::Dead {
+                cause: airlock_protocol::DeathCause::Unknown,
+            }),
+        );
+        assert!(follower.is_finished());
     }
 }

@@ -505,6 +505,24 @@ impl Client {
         }
     }
 
+    /// Waits until every cell an `accepted` reply of this client queued has finished, following
+    /// only the runs that request queued ([`RunFollower::for_request`]). No time limit, as
+    /// [`Client::follow_runs`].
+    pub async fn follow_accepted(
+        &mut self,
+        accepted: &Accepted,
+        mut observe: impl FnMut(&ServerMessage),
+    ) -> Result<Vec<CellRun>, ClientError> {
+        let mut follower = RunFollower::for_request(
+            accepted.queued.iter().cloned(),
+            self.welcome().session,
+            accepted.client_ref,
+        );
+        self.follow(&mut follower, |_, message| observe(message))
+            .await?;
+        Ok(follower.into_runs())
+    }
+
     /// Waits until every cell in `cells` (typically [`Accepted::queued`]) has finished: its
     /// run's `done` arrived, or it was dropped without running because a cell it needs failed.
     /// Returns one [`CellRun`] per cell, in the order given. Every message read meanwhile is

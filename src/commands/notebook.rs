@@ -448,7 +448,11 @@ async fn follow_and_report(
     out: Renderer,
     verb: &str,
 ) -> Result<ExitCode, Failure> {
-    let mut follower = RunFollower::new(accepted.queued.iter().cloned());
+    let mut follower = RunFollower::for_request(
+        accepted.queued.iter().cloned(),
+        client.welcome().session,
+        accepted.client_ref,
+    );
     let mut interrupted = false;
     let mut left = false;
     loop {

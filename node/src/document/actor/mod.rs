@@ -211,6 +211,7 @@ pub async fn open(
         events,
         runs: HashMap::new(),
         current: None,
+        requested: HashMap::new(),
         last_seq: loaded.seq,
         appends_since_snapshot: loaded.appends_since_snapshot,
         compacting: false,
@@ -270,6 +271,8 @@ pub struct DocumentActor {
     events: broadcast::Sender<Broadcast>,
     runs: HashMap<RunId, RunKind>,
     current: Option<CurrentRun>,
+    /// Which request (session, client_ref) queued each queued cell.
+    requested: HashMap<CellId, (SessionId, u64)>,
     /// The last append the store acknowledged.
     last_seq: Seq,
     appends_since_snapshot: u64,
@@ -480,7 +483,7 @@ impl Handler<Request> for DocumentActor {
             }
             ClientMessage::RunCells(run) => {
                 let reply = self
-                    .run_cells(&run.cells, run.replay, run.client_ref)
+                    .run_cells(session, &run.cells, run.replay, run.client_ref)
                     .map(|queued| {
                         Some(ServerMessage::Accepted(Accepted {
                             client_ref: run.client_ref,
@@ -490,7 +493,7 @@ impl Handler<Request> for DocumentActor {
                     });
                 Box::pin(fut::ready(reply))
             }
-            ClientMessage::EditCells(edit) => self.edit_cells(edit),
+            ClientMessage::EditCells(edit) => self.edit_cells(session, edit),
             ClientMessage::SetMode { client_ref, mode } => self.set_mode(client_ref, mode),
             ClientMessage::Import(import) => self.import(import.client_ref, &import.ipynb),
             ClientMessage::Export { client_ref } => {
@@ -905,13 +908,23 @@ impl DocumentActor {
             cell: execution.cell.clone(),
             epoch: execution.epoch,
         });
+        // Cells queued by an edit's reactive plan (not by a request) carry session 0.
+        let (session, client_ref) = self
+            .requested
+            .remove(&execution.cell)
+            .unwrap_or((SessionId(0), 0));
+        let user = self
+            .sessions
+            .get(&session)
+            .map(|s| s.user.clone())
+            .unwrap_or_default();
         self.broadcast(
             None,
             ServerMessage::Queued(RunQueued {
                 run,
-                session: SessionId(0),
-                client_ref: 0,
-                user: String::new(),
+                session,
+                client_ref,
+                user,
                 code: execution.code.clone(),
                 cell: Some(execution.cell.as_str().to_owned()),
             }),
@@ -955,6 +968,7 @@ impl DocumentActor {
 
     fn run_cells(
         &mut self,
+        session: SessionId,
         cells: &[String],
         replay: bool,
         client_ref: u64,
@@ -976,6 +990,10 @@ impl DocumentActor {
                     .run(&id)
                     .map_err(|err| bad_request(Some(client_ref), err.to_string()))?;
             }
+        }
+        // Each run names the request that queued it, so its client can follow exactly those.
+        for cell in &planned {
+            self.requested.insert(cell.clone(), (session, client_ref));
         }
         self.flush_graph_events();
         self.pump();
@@ -1118,6 +1136,7 @@ impl DocumentActor {
     /// Applies edit requests, answers once their updates are durable.
     fn edit_cells(
         &mut self,
+        session: SessionId,
         request: airlock_protocol::EditCells,
     ) -> ResponseActFuture<Self, Result<Option<ServerMessage>, ErrorReply>> {
         let client_ref = request.client_ref;
@@ -1196,7 +1215,7 @@ impl DocumentActor {
                 })
                 .collect();
             if !runnable.is_empty() {
-                match self.run_cells(&runnable, false, client_ref) {
+                match self.run_cells(session, &runnable, false, client_ref) {
                     Ok(planned) => queued = planned,
                     Err(err) => failure = Some(err.message),
                 }
