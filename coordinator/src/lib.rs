@@ -10,12 +10,21 @@
 //! - [`raft`]: openraft around the state machine — log and state on disk (redb), snapshots,
 //!   the network between coordinators (mutual TLS), and proposing from any coordinator.
 //! - [`pool`]: the pool controller, a sans-IO core: how many tasks to start, retire and drain.
+//! - [`service`]: claims, the tasks' control protocol and the leader's duties, over any
+//!   [`service::Consensus`].
+//! - [`cluster`]: one coordinator process assembled (Raft member, service, API, duties).
+//! - [`api`]: the HTTP API (routes, authentication, errors) and its OpenAPI document.
+//! - [`client`]: a small client of the API (CLI, tests, benchmarks).
 //! - [`driver`]: how tasks are started and stopped: the `Driver` trait, its conformance suite,
 //!   and the local driver (spawns `airlock node` processes on this machine).
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod cluster;
 pub mod driver;
 pub mod model;
 pub mod pool;
 pub mod raft;
+pub mod service;
 pub mod state;

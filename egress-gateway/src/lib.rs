@@ -1,4 +1,48 @@
-//! `airlock-egress` will own the egress gateway: tunnel listener, CONNECT and SOCKS5 front ends, resolver, policy, static source IPs, audit log. Not built yet (issue 5 of 5).
+//! `airlock-egress`: the egress gateway, the only way out for kernel code. Every flow leaves
+//! from the tenant's static IP, under the tenant's and document's policy, with an audit record.
 //!
-//! Nothing lives here yet; see `docs/ARCHITECTURE.md` for what each crate owns.
+//! # Layout
+//!
+//! The modules follow a flow from the client to the destination.
+//!
+//! - Front ends, each identifying the tenant and document its own way:
+//!   - [`tunnel`]: QUIC from nodes (mutual TLS; tenant from the node's certificate and config),
+//!     one stream per flow, framed by [`frame`]. [`tunnel::TunnelClient`] is the node's side.
+//!   - [`connect`]: HTTP CONNECT, proxy credentials → tenant/document.
+//!   - [`socks`]: SOCKS5 (RFC 1928, CONNECT only; RFC 1929 credentials), codec in
+//!     [`socks::codec`].
+//! - [`host`]: the destination host string → a canonical name or address, or a refusal
+//!   (non-canonical numeric forms such as `0x7f.1`).
+//! - [`flow`]: the one path every flow takes: policy, limits, resolve once, classify, dial,
+//!   relay, audit.
+//! - [`policy`]: the sans-IO decision core (address classes in [`policy::address`], rule parts
+//!   in [`policy::rules`], limits in [`policy::limits`]).
+//! - [`resolve`]: hickory's in-process resolver at configured upstreams.
+//! - [`dial`]: bind-before-connect from the tenant's static address.
+//! - [`audit`]: JSON lines per flow; [`metrics`]: Prometheus names.
+//! - [`config`]: the TOML file → typed values; [`gateway`]: shared state and reload;
+//!   [`server`]: listeners, accept loops, shutdown, SIGHUP/file-watch reload.
+//!
+//! What this crate does not do: redirect a kernel's connections (the node does that and uses
+//! [`tunnel::TunnelClient`]), answer DNS for kernels, or proxy plain HTTP requests.
 #![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod connect;
+pub mod dial;
+pub mod flow;
+pub mod frame;
+pub mod gateway;
+pub mod host;
+pub mod metrics;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+pub mod socks;
+mod splice;
+pub mod tunnel;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use server::{ListenAddresses, Listeners};

@@ -1,23 +1,22 @@
 //! `airlock demo`: a guided tour of one document on this machine.
 //!
-//! It makes a token key, starts a node with a real kernel, connects one client over QUIC and
-//! one over WebSocket, and shows what each sees: shared outputs, rich display, errors, an
-//! interrupt, a refusal, and the round-trip times. Everything it starts, it stops.
+//! It starts a region on this machine (as `airlock dev` does), claims a document through the
+//! coordinator, connects one client over QUIC and one over WebSocket, and shows what each sees:
+//! shared outputs, rich display, errors, an interrupt, the jail, a reactive notebook, a refusal,
+//! and the timings. Everything it starts, it stops.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use airlock_client::{Client, ClientError, Target, Trust};
-use airlock_node::kernel::KernelConfig;
-use airlock_node::tls::TlsSource;
-use airlock_node::{NodeConfig, RunningNode};
-use airlock_protocol::token::{self, Claims, Role};
-use airlock_protocol::{ClientMessage, FrameLimit, Output, RunStatus, ServerMessage};
+use airlock_coordinator::client::ApiClient;
+use airlock_coordinator::service::Session;
+use airlock_protocol::token::Role;
+use airlock_protocol::{ClientMessage, Output, RunStatus, ServerMessage};
 use anyhow::{Context as _, bail};
 
-use super::keys::unix_now;
 use super::render::{Renderer, describe};
+use super::dev::{DevOptions, DevRegion};
 use super::{JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
@@ -33,68 +32,107 @@ pub struct Args {
 
 const DOC: &str = "demo-notebook";
 
+/// Capability tokens the coordinator issued for the tour's three people.
+struct Tokens {
+    ada: String,
+    grace: String,
+    visitor: String,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     step("Preparing the Python environment kernels run in");
-    let jail = args.jail.config()?;
     let python = args.python.interpreter().await?;
     say(&format!("interpreter: {}", python.display()));
+    let insecure = args.jail.config()?.is_none();
 
-    step("Starting a node for document \"demo-notebook\"");
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let runtime = tempfile::tempdir().context("making a runtime folder")?;
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    step("Starting a region on this machine: a coordinator (Raft, one member), a warm pool of 2 jailed kernels, a document store");
+    let data = tempfile::tempdir().context("making a data folder")?;
     let t = Instant::now();
-    let node = airlock_node::start(NodeConfig {
-        document: DOC.into(),
-        epoch: 0,
-        token_key: key.verifying_key(),
-        quic_listen: Some(loopback),
-        ws_listen: Some(loopback),
-        tls: TlsSource::SelfSigned {
-            names: vec!["localhost".into()],
-        },
-        kernel: KernelConfig {
-            jail,
-            ..KernelConfig::new(python, runtime.path().to_owned())
-        },
-        frame_limit: FrameLimit::default(),
-        store: runtime.path().join("documents").display().to_string(),
-        idle_timeout: None,
+    let region = DevRegion::start(DevOptions {
+        api: ([127, 0, 0, 1], 0).into(),
+        data: data.path().to_owned(),
+        warm: 2,
+        insecure_no_jail: insecure,
+        python: Some(python),
     })
     .await?;
-    say(&format!(
-        "kernel ready in {} ms (pid {})",
-        t.elapsed().as_millis(),
-        node.kernel_pid.unwrap_or(0)
-    ));
-    let (quic, ws) = targets(&node)?;
-    say(&format!(
-        "QUIC {}  cert sha256 {}…",
-        node.quic_addr.map(|a| a.to_string()).unwrap_or_default(),
-        &node.fingerprint[..16]
-    ));
-    if let Target::WebSocket { url, .. } = &ws {
-        say(&format!("WebSocket {url}"));
-    }
-
-    let result = tour(&node, &key, &quic, &ws, args.round_trips).await;
-    step("Shutting down");
-    let pid = node.kernel_pid;
-    node.shutdown().await;
-    let leftovers = std::fs::read_dir(runtime.path())
-        .map(|d| d.count())
-        .unwrap_or(0);
-    say(&format!(
-        "kernel process gone: {}, files left in the runtime folder: {leftovers}",
-        pid.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    ));
+    say(&format!("coordinator API at {}", region.api_url));
+    let warm = region.wait_warm(2, Duration::from_secs(180)).await;
+    let result = match warm {
+        Ok(_) => {
+            say(&format!("pool warm in {} ms", t.elapsed().as_millis()));
+            tour(&region, args.round_trips).await
+        }
+        Err(err) => Err(err),
+    };
+    step("Shutting down: the region stops its kernels");
+    region.shutdown().await;
     result?;
     println!(
-        "\nDone in {:.1} s. Next: `airlock node --help` to serve a document yourself.",
+        "\nDone in {:.1} s. Next: `airlock dev` keeps a region running; `airlock dev --help` shows \
+         what to try.",
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Claims the demo document, then tours it.
+async fn tour(region: &DevRegion, round_trips: usize) -> anyhow::Result<()> {
+    step("A backend claims a session on \"demo-notebook\" (POST /v1/documents/demo-notebook/session)");
+    let api = ApiClient::new(&region.api_url, &region.operator_token)?;
+    let t = Instant::now();
+    let session = api.claim(DOC, "ada", Role::Editor).await?;
+    let claim_ms = t.elapsed().as_secs_f64() * 1e3;
+    say(&format!(
+        "claimed in {claim_ms:.1} ms: task {} (epoch {}), QUIC {}",
+        session.task,
+        session.epoch,
+        session.quic.as_deref().unwrap_or("-")
+    ));
+    let grace = api.claim(DOC, "grace", Role::Editor).await?;
+    let visitor = api.claim(DOC, "visitor", Role::Viewer).await?;
+    say(&format!(
+        "a second claim finds the same task: {} (fresh: {})",
+        grace.task, grace.fresh
+    ));
+    let (quic, ws) = targets(&session)?;
+    let tokens = Tokens {
+        ada: session.token.clone(),
+        grace: grace.token,
+        visitor: visitor.token,
+    };
+    let mut ada = Client::connect(&quic, &tokens.ada).await?;
+    let report = ada.run("1 + 1", |_| {}).await?;
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    say(&format!(
+        "claim → first execute result: {first_ms:.1} ms (target p50 <= 25 ms; Jupyter's bare \
+         kernel cold start is ~600 ms)"
+    ));
+    print_outputs("ada sees", &report.outputs);
+    ada.close().await;
+    people(&quic, &ws, &tokens, round_trips).await
+}
+
+fn targets(session: &Session) -> anyhow::Result<(Target, Target)> {
+    let quic = Target::Quic {
+        addr: session
+            .quic
+            .as_deref()
+            .context("the task has no QUIC endpoint")?
+            .parse()
+            .context("the task's QUIC address")?,
+        server_name: "localhost".into(),
+        trust: Trust::Fingerprint(session.fingerprint.clone()),
+    };
+    let ws = Target::WebSocket {
+        url: session
+            .websocket
+            .clone()
+            .context("the task has no WebSocket endpoint")?,
+        json: false,
+    };
+    Ok((quic, ws))
 }
 
 /// The notebook the demo imports: Python, a SQL cell over a dataframe, and markdown.
@@ -156,28 +194,15 @@ async fn notebook_tour(ada: &mut Client, grace: &mut Client) -> anyhow::Result<(
     Ok(())
 }
 
-async fn tour(
-    node: &RunningNode,
-    key: &ed25519_dalek::SigningKey,
+async fn people(
     quic: &Target,
     ws: &Target,
+    tokens: &Tokens,
     round_trips: usize,
 ) -> anyhow::Result<()> {
-    let mint = |user: &str, role: Role| {
-        token::sign(
-            &Claims {
-                doc: DOC.into(),
-                user: user.into(),
-                role,
-                epoch: 0,
-                exp: unix_now() + 600,
-            },
-            key,
-        )
-    };
     step("Ada connects over QUIC, Grace over WebSocket; both are editors");
-    let mut ada = Client::connect(quic, &mint("ada", Role::Editor)).await?;
-    let mut grace = Client::connect(ws, &mint("grace", Role::Editor)).await?;
+    let mut ada = Client::connect(quic, &tokens.ada).await?;
+    let mut grace = Client::connect(ws, &tokens.grace).await?;
     say(&format!(
         "ada: session {}, grace: session {}",
         ada.welcome().session.0,
@@ -256,7 +281,7 @@ async fn tour(
     notebook_tour(&mut ada, &mut grace).await?;
 
     step("A viewer may watch but not run code");
-    let mut viewer = Client::connect(ws, &mint("visitor", Role::Viewer)).await?;
+    let mut viewer = Client::connect(ws, &tokens.visitor).await?;
     match viewer.run("print('sneaky')", |_| {}).await {
         Err(ClientError::Refused(reply)) => {
             say(&format!("refused ({}): {}", reply.code, reply.message))
@@ -277,27 +302,9 @@ async fn tour(
     say(
         "`cargo bench --bench exec_rtt` compares these with direct ZeroMQ and Jupyter Kernel Gateway.",
     );
-    let _ = node;
     ada.close().await;
     grace.close().await;
     Ok(())
-}
-
-fn targets(node: &RunningNode) -> anyhow::Result<(Target, Target)> {
-    let quic = Target::Quic {
-        addr: node.quic_addr.context("QUIC is off")?,
-        server_name: "localhost".into(),
-        trust: Trust::Fingerprint(node.fingerprint.clone()),
-    };
-    let ws = Target::WebSocket {
-        url: format!(
-            "ws://{}{}",
-            node.ws_addr.context("WebSocket is off")?,
-            airlock_node::websocket::PATH
-        ),
-        json: false,
-    };
-    Ok((quic, ws))
 }
 
 /// Collects the outputs of `run` as another client sees them.

@@ -1,12 +1,15 @@
 //! The subcommands, one module each, and the flags they share.
 
 mod demo;
+mod dev;
+mod egress;
 mod exec;
 mod keys;
 mod node;
 mod notebook;
 mod python;
 mod render;
+mod status;
 mod task;
 
 use std::path::PathBuf;
@@ -33,7 +36,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         if self.verbose {
             "debug,quinn=info,rustls=info,zeromq=info,tokio_tungstenite=info,tungstenite=info"
-        } else if matches!(self.command, Command::Demo(_)) {
+        } else if matches!(self.command, Command::Demo(_) | Command::Dev(_)) {
             // The tour prints its own story; the node's logs would interleave with it.
             "warn"
         } else {
@@ -44,8 +47,13 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// A guided tour on this machine: a node, a real kernel, clients over QUIC and WebSocket.
+    /// A guided tour on this machine: a region with a warm pool, a claimed document, clients
+    /// over QUIC and WebSocket, a reactive notebook.
     Demo(demo::Args),
+    /// Run a whole region on this machine: coordinator, warm pool of jailed kernels, store.
+    Dev(dev::Args),
+    /// Show a region's leader, pools, tasks and documents (for operators).
+    Status(status::Args),
     /// Serve one document: start its kernel and listen for clients over QUIC and WebSocket.
     Node(Box<node::Args>),
     /// Run code in a document over QUIC (default) or WebSocket and print its outputs.
@@ -58,6 +66,8 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// Create (or check) the managed Python environment kernels run in, and print its path.
     Python(python::Args),
+    /// Run the egress gateway: tunnel, CONNECT and SOCKS5 front ends under per-tenant policy.
+    Egress(egress::Args),
 }
 
 /// Where the Python for kernels comes from; shared by `node`, `demo` and `python`.
@@ -216,12 +226,15 @@ impl PythonArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Status(args) => status::run(args).await,
         Command::Node(args) => node::run(*args).await,
         Command::Exec(args) => exec::run(args).await,
         Command::Notebook(args) => notebook::run(args).await,
         Command::Token(args) => keys::token(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Python(args) => python::run(args).await,
+        Command::Egress(args) => egress::run(args).await,
     }
 }
 

@@ -1,0 +1,116 @@
+//! A small client of the coordinator's HTTP API, for the CLI, tests and benchmarks.
+
+use std::time::Duration;
+
+use airlock_protocol::token::Role;
+
+use crate::service::Session;
+
+/// What went wrong talking to a coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The coordinator answered with an error; `message` says what to do.
+    #[error("the coordinator answered {status}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+        /// Seconds to wait before retrying, when the coordinator said.
+        retry_after: Option<u64>,
+    },
+    #[error("the coordinator's answer does not decode: {0}")]
+    Decode(#[source] reqwest::Error),
+}
+
+/// A client of one coordinator (any coordinator of the region will do).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    /// `base` is the API's URL (`http://127.0.0.1:7700`); `token` a backend or operator token.
+    pub fn new(base: &str, token: &str) -> Result<Self, ApiClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|source| ApiClientError::Unreachable {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(ApiClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Claims a session on `document` for `user`.
+    pub async fn claim(
+        &self,
+        document: &str,
+        user: &str,
+        role: Role,
+    ) -> Result<Session, ApiClientError> {
+        let url = format!("{}/v1/documents/{document}/session", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"user": user, "role": role}))
+            .send()
+            .await
+            .map_err(|source| ApiClientError::Unreachable { url, source })?;
+        Self::decode(response).await
+    }
+
+    /// `GET` a JSON document (`/v1/status`, `/v1/pool`, …).
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, ApiClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ApiClientError::Unreachable { url, source })?;
+        Self::decode(response).await
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(
+        response: reqwest::Response,
+    ) -> Result<T, ApiClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(ApiClientError::Decode);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Err(ApiClientError::Refused {
+            status: status.as_u16(),
+            code: body["error"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_owned(),
+            retry_after,
+        })
+    }
+}

@@ -1,0 +1,747 @@
+//! The coordinator's work around the replicated state: claims, the tasks' control protocol, and
+//! the leader's duties (signing key, lease expiry, the pool through the driver).
+//!
+//! It talks to the replicated log through [`Consensus`], so the rules here are tested against an
+//! in-memory log ([`LocalLog`]) and run in production against openraft ([`crate::raft`]).
+//!
+//! # Claims
+//! A claim proposes [`Command::Claim`]; the state machine answers with the task that already
+//! serves the document, or takes a warm task with the claim's log index as its epoch. The claim
+//! never waits on a scheduler while a warm task exists; with none, it waits for the pool (every
+//! applied entry wakes it) up to [`CoordinatorConfig::claim_wait`], then gives up with
+//! [`ClaimError::NoWarmTask`] (503 with `Retry-After`).
+//!
+//! # Tasks
+//! A task proves who it is with a secret derived from the coordinators' signing key and its id
+//! ([`task_secret`]), so any coordinator can check it without storing secrets. Its assignment is
+//! read from the local replica: the claim's entry reaches every coordinator within a round
+//! trip, and every applied entry wakes the task's long poll.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_protocol::control::{HeartbeatReply, TaskAssignment, TaskReady};
+use airlock_protocol::token::{self, Claims, Role};
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+use crate::driver::{Driver, TaskSpec};
+use crate::model::{
+    Allocation, Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, Task, TaskId,
+    TaskState, Tier,
+};
+use crate::pool::{PoolAction, PoolConfig, PoolController};
+use crate::state::State;
+
+/// Why the replicated log did not take a command.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("no coordinator leads the region right now (an election is under way); retry shortly")]
+    NoLeader,
+    #[error("the replicated log failed: {0}")]
+    Failed(String),
+}
+
+/// What the coordinator needs of the replicated log.
+pub trait Consensus: Send + Sync + 'static {
+    /// Appends `command` through the leader (from any coordinator) and returns its response once
+    /// applied.
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Response, ConsensusError>> + Send;
+
+    /// Reads this replica's state (it may trail the leader by the entries in flight).
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T;
+
+    /// Changes whenever this replica applies an entry.
+    fn applied(&self) -> watch::Receiver<u64>;
+
+    /// Whether this coordinator leads the region now.
+    fn is_leader(&self) -> bool;
+}
+
+/// An in-memory, single-replica log: for tests of the rules above the log, and nothing else.
+#[derive(Debug)]
+pub struct LocalLog {
+    state: std::sync::Mutex<(u64, State)>,
+    applied: watch::Sender<u64>,
+}
+
+impl Default for LocalLog {
+    fn default() -> Self {
+        LocalLog {
+            state: std::sync::Mutex::new((0, State::new())),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl Consensus for LocalLog {
+    async fn propose(&self, command: Command) -> Result<Response, ConsensusError> {
+        let (index, response) = {
+            let mut guard = self
+                .state
+                .lock()
+                .map_err(|_| ConsensusError::Failed("poisoned".into()))?;
+            guard.0 += 1;
+            let index = guard.0;
+            (index, guard.1.apply(index, command))
+        };
+        self.applied.send_replace(index);
+        Ok(response)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let guard = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard.1)
+    }
+
+    fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn is_leader(&self) -> bool {
+        true
+    }
+}
+
+/// One coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The region this coordinator's Raft group manages.
+    pub region: Region,
+    /// The tier claims get when they name none.
+    pub default_tier: Tier,
+    /// The pools to keep, set in the replicated state when this coordinator first leads.
+    pub pools: Vec<(Tier, PoolTarget)>,
+    /// The document store tasks serve documents from.
+    pub store: String,
+    /// How long a task's lease runs after each heartbeat.
+    pub lease: Duration,
+    /// How often tasks send heartbeats.
+    pub heartbeat: Duration,
+    /// How long a claim waits for a warm task before answering 503.
+    pub claim_wait: Duration,
+    /// How long capability tokens stay valid.
+    pub token_ttl: Duration,
+    /// The URL tasks reach the coordinators at (given to the driver).
+    pub advertise_url: String,
+    /// How often the leader runs its duties.
+    pub tick: Duration,
+    /// Appended to every task's node command line (e.g. `--python PATH`).
+    pub extra_node_args: Vec<String>,
+}
+
+impl CoordinatorConfig {
+    /// Settings for one region on this machine.
+    pub fn local(region: &str, store: String, advertise_url: String) -> Self {
+        CoordinatorConfig {
+            region: Region(region.to_owned()),
+            default_tier: Tier("standard".into()),
+            pools: vec![(
+                Tier("standard".into()),
+                PoolTarget {
+                    floor: 2,
+                    ceiling: 8,
+                    buffer_factor: 2.0,
+                    version: RuntimeVersion(env!("CARGO_PKG_VERSION").into()),
+                },
+            )],
+            store,
+            lease: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            claim_wait: Duration::from_secs(10),
+            token_ttl: Duration::from_secs(3600),
+            advertise_url,
+            tick: Duration::from_millis(200),
+            extra_node_args: Vec::new(),
+        }
+    }
+}
+
+/// What a claim gives the caller.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Session {
+    pub document: String,
+    pub epoch: u64,
+    pub task: String,
+    /// `host:port` for QUIC clients.
+    pub quic: Option<String>,
+    /// `ws://…/v1/doc` for WebSocket clients.
+    pub websocket: Option<String>,
+    /// SHA-256 of the node's certificate, for clients to pin.
+    pub fingerprint: String,
+    /// The capability token to present in the hello.
+    pub token: String,
+    /// When the token expires (Unix seconds).
+    pub expires_at: u64,
+    /// Whether this claim started serving the document (false: it was served already).
+    pub fresh: bool,
+}
+
+/// Why a claim failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(
+        "no warm task in region {region}, tier {tier} within {waited_ms} ms; the pool is \
+         refilling, retry after {retry_after_s} s"
+    )]
+    NoWarmTask {
+        region: String,
+        tier: String,
+        waited_ms: u64,
+        retry_after_s: u64,
+    },
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error("the coordinators have no signing key yet (the first leader makes one); retry shortly")]
+    NoSigningKey,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a task's request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("unknown task {0}")]
+    UnknownTask(String),
+    #[error("the task's secret is wrong")]
+    BadSecret,
+    #[error("task {0} is gone (drained or dead); it should exit")]
+    Gone(String),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The coordinator of one region on this machine.
+#[derive(Debug)]
+pub struct Coordinator<C, D> {
+    consensus: Arc<C>,
+    driver: Option<Arc<D>>,
+    config: CoordinatorConfig,
+    pool: Mutex<PoolController>,
+    /// Driver handles of tasks this coordinator started and has not yet seen in the state.
+    started: Mutex<HashMap<TaskId, String>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The secret a task proves itself with: derived from the signing key and the task id.
+pub fn task_secret(signing_key_der: &[u8], task: &TaskId) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"airlock task secret v1\0");
+    hash.update(signing_key_der);
+    hash.update(task.0.as_bytes());
+    hex::encode(hash.finalize())
+}
+
+/// Compares two secrets without leaking where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
+    pub fn new(
+        consensus: Arc<C>,
+        driver: Option<Arc<D>>,
+        config: CoordinatorConfig,
+        pool: PoolConfig,
+    ) -> Self {
+        Coordinator {
+            consensus,
+            driver,
+            config,
+            pool: Mutex::new(PoolController::new(pool)),
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    pub fn consensus(&self) -> &Arc<C> {
+        &self.consensus
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        self.consensus.read(f)
+    }
+
+    fn signing_key(&self) -> Option<SigningKey> {
+        self.read(|state| {
+            state
+                .signing_key()
+                .and_then(|der| SigningKey::from_pkcs8_der(der).ok())
+        })
+    }
+
+    /// The token-signing public key (SPKI PEM), once the first leader made the key.
+    pub fn token_public_key(&self) -> Option<String> {
+        self.signing_key()
+            .and_then(|key| token::verifying_key_to_pem(&key.verifying_key()).ok())
+    }
+
+    /// Serves `document` for `user` with `role`: the task already serving it, or a warm one.
+    pub async fn claim(
+        &self,
+        document: &str,
+        user: &str,
+        role: Role,
+        tier: Option<Tier>,
+    ) -> Result<Session, ClaimError> {
+        let tier = tier.unwrap_or_else(|| self.config.default_tier.clone());
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.claim_wait;
+        let mut applied = self.consensus.applied();
+        loop {
+            let response = self
+                .consensus
+                .propose(Command::Claim {
+                    document: document.to_owned(),
+                    region: self.config.region.clone(),
+                    tier: tier.clone(),
+                    now_ms: now_ms(),
+                })
+                .await?;
+            match response {
+                Response::Claimed {
+                    allocation,
+                    task,
+                    fresh,
+                } => {
+                    if fresh {
+                        metrics::counter!("airlock_coordinator_claims_total", "result" => "fresh")
+                            .increment(1);
+                        self.pool
+                            .lock()
+                            .await
+                            .record_claim(&task.region, &task.tier, now_ms());
+                    } else {
+                        metrics::counter!("airlock_coordinator_claims_total", "result" => "served")
+                            .increment(1);
+                    }
+                    metrics::histogram!("airlock_coordinator_claim_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return self.session(&allocation, &task, user, role, fresh);
+                }
+                Response::NoWarmTask => {
+                    metrics::counter!("airlock_coordinator_claim_waits_total").increment(1);
+                    let wait = tokio::time::timeout_at(deadline, applied.changed()).await;
+                    if wait.is_err() {
+                        metrics::counter!("airlock_coordinator_claims_total", "result" => "no_warm_task")
+                            .increment(1);
+                        return Err(ClaimError::NoWarmTask {
+                            region: self.config.region.0.clone(),
+                            tier: tier.0,
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            retry_after_s: 2,
+                        });
+                    }
+                }
+                other => return Err(ClaimError::Internal(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
+    fn session(
+        &self,
+        allocation: &Allocation,
+        task: &Task,
+        user: &str,
+        role: Role,
+        fresh: bool,
+    ) -> Result<Session, ClaimError> {
+        let key = self.signing_key().ok_or(ClaimError::NoSigningKey)?;
+        let endpoints = task
+            .endpoints
+            .clone()
+            .ok_or_else(|| ClaimError::Internal("a warm task without endpoints".into()))?;
+        let expires_at = now_ms() / 1000 + self.config.token_ttl.as_secs();
+        let token = token::sign(
+            &Claims {
+                doc: allocation.document.clone(),
+                user: user.to_owned(),
+                role,
+                epoch: allocation.epoch,
+                exp: expires_at,
+            },
+            &key,
+        );
+        Ok(Session {
+            document: allocation.document.clone(),
+            epoch: allocation.epoch,
+            task: task.id.0.clone(),
+            quic: endpoints.quic,
+            websocket: endpoints.websocket,
+            fingerprint: endpoints.fingerprint,
+            token,
+            expires_at,
+            fresh,
+        })
+    }
+
+    /// Checks a task's bearer secret.
+    pub fn authenticate_task(&self, task: &TaskId, secret: &str) -> Result<(), TaskError> {
+        let key = self.read(|state| state.signing_key().map(<[u8]>::to_vec));
+        let known = self.read(|state| state.task(task).is_some());
+        match key {
+            Some(key) if same_secret(&task_secret(&key, task), secret) => {
+                if known {
+                    Ok(())
+                } else {
+                    Err(TaskError::UnknownTask(task.0.clone()))
+                }
+            }
+            _ => Err(TaskError::BadSecret),
+        }
+    }
+
+    fn lease_reply(&self) -> HeartbeatReply {
+        HeartbeatReply {
+            lease_ms: self.config.lease.as_millis() as u64,
+            interval_ms: self.config.heartbeat.as_millis() as u64,
+        }
+    }
+
+    fn accepted(&self, response: Response) -> Result<HeartbeatReply, TaskError> {
+        match response {
+            Response::Ok => Ok(self.lease_reply()),
+            Response::Rejected { reason } => Err(TaskError::Rejected(reason)),
+            other => Err(TaskError::Rejected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The task's node is warm.
+    pub async fn task_ready(
+        &self,
+        task: &TaskId,
+        ready: TaskReady,
+    ) -> Result<HeartbeatReply, TaskError> {
+        let response = self
+            .consensus
+            .propose(Command::TaskReady {
+                id: task.clone(),
+                endpoints: Endpoints {
+                    quic: ready.quic,
+                    websocket: ready.websocket,
+                    fingerprint: ready.fingerprint,
+                },
+                now_ms: now_ms(),
+                lease_ms: self.config.lease.as_millis() as u64,
+            })
+            .await?;
+        info!(%task, "task warm");
+        self.accepted(response)
+    }
+
+    pub async fn task_heartbeat(&self, task: &TaskId) -> Result<HeartbeatReply, TaskError> {
+        let response = self
+            .consensus
+            .propose(Command::Heartbeat {
+                id: task.clone(),
+                now_ms: now_ms(),
+                lease_ms: self.config.lease.as_millis() as u64,
+            })
+            .await?;
+        self.accepted(response)
+    }
+
+    /// Waits up to `wait` for a claim to take the task; `None` if none did.
+    pub async fn task_assignment(
+        &self,
+        task: &TaskId,
+        wait: Duration,
+    ) -> Result<Option<TaskAssignment>, TaskError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.consensus.applied();
+        loop {
+            let state = self.read(|state| state.task(task).map(|t| t.state.clone()));
+            match state {
+                None => return Err(TaskError::UnknownTask(task.0.clone())),
+                Some(TaskState::Claimed { document, epoch }) => {
+                    let token_public_key = self.token_public_key().ok_or_else(|| {
+                        TaskError::Rejected("no signing key yet".into())
+                    })?;
+                    return Ok(Some(TaskAssignment {
+                        document,
+                        epoch,
+                        token_public_key,
+                        store: self.config.store.clone(),
+                    }));
+                }
+                Some(TaskState::Draining { .. } | TaskState::Dead { .. }) => {
+                    return Err(TaskError::Gone(task.0.clone()));
+                }
+                Some(TaskState::Starting | TaskState::Warm) => {}
+            }
+            if tokio::time::timeout_at(deadline, applied.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The task stopped serving its document: the document is free, the task drains.
+    pub async fn task_released(
+        &self,
+        task: &TaskId,
+        document: String,
+        epoch: u64,
+        reason: &str,
+    ) -> Result<(), TaskError> {
+        info!(%task, %document, epoch, reason, "document released");
+        match self
+            .consensus
+            .propose(Command::Release { document, epoch })
+            .await?
+        {
+            Response::Ok => Ok(()),
+            Response::Rejected { reason } => Err(TaskError::Rejected(reason)),
+            other => Err(TaskError::Rejected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Asks for `task` to be drained (an operator's request).
+    pub async fn drain(&self, task: &TaskId, reason: &str) -> Result<(), TaskError> {
+        match self
+            .consensus
+            .propose(Command::Drain {
+                id: task.clone(),
+                reason: reason.to_owned(),
+            })
+            .await?
+        {
+            Response::Ok => Ok(()),
+            Response::Rejected { reason } => Err(TaskError::Rejected(reason)),
+            other => Err(TaskError::Rejected(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Sets one pool's target.
+    pub async fn set_pool_target(
+        &self,
+        tier: Tier,
+        target: PoolTarget,
+    ) -> Result<(), ConsensusError> {
+        self.consensus
+            .propose(Command::SetPoolTarget {
+                region: self.config.region.clone(),
+                tier,
+                target,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The pool controller's view of every pool (targets, desired counts, back-off).
+    pub async fn pool_status(&self) -> Vec<crate::pool::PoolStatus> {
+        self.pool.lock().await.status().cloned().collect()
+    }
+
+    /// Runs the leader's duties every tick while this coordinator leads, until the process
+    /// ends. Followers do nothing here.
+    pub async fn run_duties(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pools_set = false;
+        loop {
+            tick.tick().await;
+            if !self.consensus.is_leader() {
+                pools_set = false;
+                continue;
+            }
+            if let Err(err) = self.lead_once(&mut pools_set).await {
+                warn!("leader duties: {err}");
+            }
+        }
+    }
+
+    /// One round of the leader's duties.
+    pub async fn lead_once(&self, pools_set: &mut bool) -> Result<(), ConsensusError> {
+        if self.read(|state| state.signing_key().is_none()) {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let der = key
+                .to_pkcs8_der()
+                .map_err(|err| ConsensusError::Failed(err.to_string()))?;
+            self.consensus
+                .propose(Command::SetSigningKey {
+                    pkcs8_der: der.as_bytes().to_vec(),
+                })
+                .await?;
+            info!("made the region's token-signing key");
+        }
+        if !*pools_set {
+            for (tier, target) in &self.config.pools {
+                let current = self.read(|state| state.target(&self.config.region, tier).cloned());
+                if current.as_ref() != Some(target) {
+                    self.set_pool_target(tier.clone(), target.clone()).await?;
+                }
+            }
+            *pools_set = true;
+        }
+        let expired = self
+            .consensus
+            .propose(Command::ExpireLeases { now_ms: now_ms() })
+            .await?;
+        if let Response::Expired { tasks, documents } = expired
+            && !tasks.is_empty()
+        {
+            warn!(?tasks, ?documents, "leases ran out; those tasks are presumed dead");
+        }
+        self.run_pool().await
+    }
+
+    /// Plans the pool and carries the plan out through the driver.
+    async fn run_pool(&self) -> Result<(), ConsensusError> {
+        let Some(driver) = self.driver.clone() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let actions = {
+            let mut pool = self.pool.lock().await;
+            let (tasks, targets): (Vec<Task>, Vec<((Region, Tier), PoolTarget)>) =
+                self.read(|state| {
+                    (
+                        state.tasks().cloned().collect(),
+                        state
+                            .targets()
+                            .map(|(k, t)| (k.clone(), t.clone()))
+                            .collect(),
+                    )
+                });
+            let plan = pool.plan(now, tasks.iter(), targets.iter().map(|(k, t)| (k, t)));
+            pool.publish_metrics(now);
+            plan
+        };
+        let key = self.read(|state| state.signing_key().map(<[u8]>::to_vec));
+        let Some(key) = key else {
+            return Ok(());
+        };
+        for action in actions {
+            match action {
+                PoolAction::Start {
+                    region,
+                    tier,
+                    version,
+                    count,
+                } => {
+                    for _ in 0..count {
+                        self.start_task(&driver, &key, &region, &tier, &version)
+                            .await?;
+                    }
+                }
+                PoolAction::Retire { .. } | PoolAction::Drain { .. } => {
+                    if let Some(command) = action.command() {
+                        self.consensus.propose(command).await?;
+                    }
+                }
+                PoolAction::Stop {
+                    task,
+                    driver_handle,
+                } => {
+                    if let Err(err) = driver.stop(&driver_handle).await {
+                        warn!(%task, "stopping the task: {err}");
+                    }
+                    self.consensus
+                        .propose(Command::RemoveTask { id: task })
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_task(
+        &self,
+        driver: &Arc<D>,
+        key: &[u8],
+        region: &Region,
+        tier: &Tier,
+        version: &RuntimeVersion,
+    ) -> Result<(), ConsensusError> {
+        let id = TaskId(format!("t-{}", &uuid_like()));
+        let spec = TaskSpec {
+            id: id.clone(),
+            region: region.clone(),
+            tier: tier.clone(),
+            version: version.clone(),
+            coordinator_url: self.config.advertise_url.clone(),
+            secret: task_secret(key, &id).into(),
+            store: self.config.store.clone(),
+            extra_args: self.config.extra_node_args.clone(),
+        };
+        match driver.start(spec).await {
+            Ok(started) => {
+                self.pool
+                    .lock()
+                    .await
+                    .record_task_started(region, tier, id.clone());
+                self.started
+                    .lock()
+                    .await
+                    .insert(id.clone(), started.handle.clone());
+                self.consensus
+                    .propose(Command::AddTask {
+                        id,
+                        region: region.clone(),
+                        tier: tier.clone(),
+                        version: version.clone(),
+                        driver_handle: started.handle,
+                        now_ms: now_ms(),
+                        // Time to warm up: the node's first heartbeat is its ready.
+                        lease_ms: 120_000,
+                    })
+                    .await?;
+            }
+            Err(err) => {
+                warn!(%region, %tier, "a task failed to start: {err}");
+                self.pool
+                    .lock()
+                    .await
+                    .record_start_failure(region, tier, now_ms(), err.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a task the driver saw exit.
+    pub async fn task_exited(&self, handle: &str, reason: String) -> Result<(), ConsensusError> {
+        let task = self.read(|state| {
+            state
+                .tasks()
+                .find(|t| t.driver_handle == handle)
+                .map(|t| t.id.clone())
+        });
+        if let Some(id) = task {
+            self.consensus
+                .propose(Command::MarkDead { id, reason })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A short random id.
+fn uuid_like() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 6] = rand::thread_rng().r#gen();
+    hex::encode(bytes)
+}

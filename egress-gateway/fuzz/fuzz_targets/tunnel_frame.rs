@@ -1,0 +1,8 @@
+//! Tunnel frames (FlowOpen from nodes, FlowReply from the gateway).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    airlock_egress_fuzz::check_tunnel_frames(data);
+});

@@ -1,0 +1,395 @@
+//! The tunnel's frames: what a node writes first on each QUIC stream, and the gateway's answer.
+//!
+//! A node opens one bidirectional stream per flow. Its first bytes are a [`FlowOpen`] naming the
+//! destination and the document/tenant tags; the gateway answers with one [`FlowReply`]. After
+//! a `Connected` reply both directions carry the flow's raw bytes until each side finishes its
+//! half; after any other reply the gateway finishes the stream.
+//!
+//! ```text
+//! FlowOpen (node → gateway)             FlowReply (gateway → node)
+//!   u8  version = 1                       u8  version = 1
+//!   u8  kind = 0x01                       u8  kind = 0x02
+//!   u16 body length (≤ 600)               u16 body length (≤ 1100)
+//!   body:                                 body:
+//!     u8  address type                      u8  status (see ReplyStatus)
+//!         0x01 IPv4: 4 bytes                u64 flow id (names the audit record)
+//!         0x04 IPv6: 16 bytes               u16 reason length (≤ 1024)
+//!         0x03 name: u8 length (1..=255)    reason, UTF-8
+//!                    + bytes
+//!     u16 port (non-zero)
+//!     u8  tenant length (1..=64) + UTF-8
+//!     u8  document length (1..=128) + UTF-8
+//! ```
+//!
+//! All integers are big-endian. A body must be consumed exactly. The address types are SOCKS5's.
+//! Names are checked as any client's host ([`crate::host`]) only after decoding: the frame
+//! carries what the node was asked for. The gateway takes the tenant tag only if the node's
+//! certificate is allowed to speak for that tenant (`crate::tunnel`).
+//!
+//! The decoders are sans-IO and incremental: `Ok(None)` means "need more bytes". They are
+//! fuzzed (`fuzz/`) and property-tested (`tests/decoders.rs`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The frame version this crate speaks.
+pub const VERSION: u8 = 1;
+/// The QUIC ALPN of the tunnel.
+pub const ALPN: &[u8] = b"airlock-egress/1";
+const KIND_OPEN: u8 = 0x01;
+const KIND_REPLY: u8 = 0x02;
+const HEADER_LEN: usize = 4;
+/// Largest `FlowOpen` body: 1 + 1 + 255 + 2 + 1 + 64 + 1 + 128 = 453, rounded up.
+pub const MAX_OPEN_BODY: usize = 600;
+/// Largest `FlowReply` body: 1 + 8 + 2 + 1024 = 1035, rounded up.
+pub const MAX_REPLY_BODY: usize = 1100;
+pub const MAX_TENANT_LEN: usize = 64;
+pub const MAX_DOCUMENT_LEN: usize = 128;
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Why bytes are not a frame. Any of these ends the stream with a `BadRequest` reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame version {0} is not supported (this gateway speaks version {VERSION})")]
+    Version(u8),
+    #[error("frame kind {0:#04x} was not expected here")]
+    Kind(u8),
+    #[error("frame body of {0} bytes is over the limit")]
+    TooLong(usize),
+    #[error("frame body ends early")]
+    Truncated,
+    #[error("frame body has {0} bytes left over")]
+    TrailingBytes(usize),
+    #[error("address type {0:#04x} is not IPv4 (1), name (3) or IPv6 (4)")]
+    AddressType(u8),
+    #[error("the destination name is empty")]
+    EmptyName,
+    #[error("port 0 is not a destination")]
+    ZeroPort,
+    #[error("the {0} is empty or too long")]
+    FieldLength(&'static str),
+    #[error("the {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("reply status {0} is unknown")]
+    Status(u8),
+}
+
+/// A destination as the node names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHost {
+    Ip(IpAddr),
+    /// A host string, checked by the gateway with [`crate::host::parse_host`].
+    Name(String),
+}
+
+/// The first frame of a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowOpen {
+    pub host: TargetHost,
+    pub port: u16,
+    pub tenant: String,
+    pub document: String,
+}
+
+/// How the gateway answered a [`FlowOpen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReplyStatus {
+    Connected = 0,
+    Denied = 1,
+    Limited = 2,
+    ResolveFailed = 3,
+    ConnectFailed = 4,
+    BadRequest = 5,
+}
+
+impl TryFrom<u8> for ReplyStatus {
+    type Error = FrameError;
+    fn try_from(value: u8) -> Result<Self, FrameError> {
+        Ok(match value {
+            0 => ReplyStatus::Connected,
+            1 => ReplyStatus::Denied,
+            2 => ReplyStatus::Limited,
+            3 => ReplyStatus::ResolveFailed,
+            4 => ReplyStatus::ConnectFailed,
+            5 => ReplyStatus::BadRequest,
+            other => return Err(FrameError::Status(other)),
+        })
+    }
+}
+
+/// The gateway's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowReply {
+    pub status: ReplyStatus,
+    pub flow: u64,
+    /// Empty when connected; otherwise the sentence to show in the cell.
+    pub reason: String,
+}
+
+/// A cursor over a frame body.
+struct Body<'a>(&'a [u8]);
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let bytes = self.take(2)?;
+        Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn text(&mut self, len: usize, what: &'static str) -> Result<String, FrameError> {
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::NotUtf8(what))
+    }
+
+    fn short_text(&mut self, max: usize, what: &'static str) -> Result<String, FrameError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 || len > max {
+            return Err(FrameError::FieldLength(what));
+        }
+        self.text(len, what)
+    }
+
+    fn finish(self) -> Result<(), FrameError> {
+        match self.0.len() {
+            0 => Ok(()),
+            left => Err(FrameError::TrailingBytes(left)),
+        }
+    }
+}
+
+/// Splits off one frame of `kind`: `Ok(None)` until all of it is in `buf`.
+fn split_frame(buf: &[u8], kind: u8, max_body: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != VERSION {
+        return Err(FrameError::Version(buf[0]));
+    }
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    if buf[1] != kind {
+        return Err(FrameError::Kind(buf[1]));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    if len > max_body {
+        return Err(FrameError::TooLong(len));
+    }
+    match buf.get(HEADER_LEN..HEADER_LEN + len) {
+        Some(body) => Ok(Some((body, HEADER_LEN + len))),
+        None => Ok(None),
+    }
+}
+
+fn with_header(kind: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+    frame.push(VERSION);
+    frame.push(kind);
+    // Bodies are bounded by construction (every field has a checked maximum).
+    frame.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+impl FlowOpen {
+    /// Decodes one `FlowOpen` from the start of `buf`; returns it and the bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(FlowOpen, usize)>, FrameError> {
+        let Some((body, used)) = split_frame(buf, KIND_OPEN, MAX_OPEN_BODY)? else {
+            return Ok(None);
+        };
+        let mut body = Body(body);
+        let host = match body.u8()? {
+            0x01 => {
+                let b = body.take(4)?;
+                TargetHost::Ip(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+            }
+            0x04 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(body.take(16)?);
+                TargetHost::Ip(IpAddr::V6(Ipv6Addr::from(octets)))
+            }
+            0x03 => {
+                let len = usize::from(body.u8()?);
+                if len == 0 {
+                    return Err(FrameError::EmptyName);
+                }
+                TargetHost::Name(body.text(len, "destination name")?)
+            }
+            other => return Err(FrameError::AddressType(other)),
+        };
+        let port = body.u16()?;
+        if port == 0 {
+            return Err(FrameError::ZeroPort);
+        }
+        let tenant = body.short_text(MAX_TENANT_LEN, "tenant")?;
+        let document = body.short_text(MAX_DOCUMENT_LEN, "document")?;
+        body.finish()?;
+        Ok(Some((
+            FlowOpen {
+                host,
+                port,
+                tenant,
+                document,
+            },
+            used,
+        )))
+    }
+
+    /// Encodes the frame; fails if a field is empty or over its limit.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut body = Vec::with_capacity(64);
+        match &self.host {
+            TargetHost::Ip(IpAddr::V4(ip)) => {
+                body.push(0x01);
+                body.extend_from_slice(&ip.octets());
+            }
+            TargetHost::Ip(IpAddr::V6(ip)) => {
+                body.push(0x04);
+                body.extend_from_slice(&ip.octets());
+            }
+            TargetHost::Name(name) => {
+                if name.is_empty() {
+                    return Err(FrameError::EmptyName);
+                }
+                let len = u8::try_from(name.len())
+                    .map_err(|_| FrameError::FieldLength("destination name"))?;
+                body.push(0x03);
+                body.push(len);
+                body.extend_from_slice(name.as_bytes());
+            }
+        }
+        if self.port == 0 {
+            return Err(FrameError::ZeroPort);
+        }
+        body.extend_from_slice(&self.port.to_be_bytes());
+        for (text, max, what) in [
+            (&self.tenant, MAX_TENANT_LEN, "tenant"),
+            (&self.document, MAX_DOCUMENT_LEN, "document"),
+        ] {
+            if text.is_empty() || text.len() > max {
+                return Err(FrameError::FieldLength(what));
+            }
+            body.push(text.len() as u8);
+            body.extend_from_slice(text.as_bytes());
+        }
+        Ok(with_header(KIND_OPEN, body))
+    }
+}
+
+impl FlowReply {
+    /// Decodes one `FlowReply` from the start of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<Option<(FlowReply, usize)>, FrameError> {
+        let Some((body, used)) = split_frame(buf, KIND_REPLY, MAX_REPLY_BODY)? else {
+            return Ok(None);
+        };
+        let mut body = Body(body);
+        let status = ReplyStatus::try_from(body.u8()?)?;
+        let flow = body.take(8)?;
+        let flow = u64::from_be_bytes([
+            flow[0], flow[1], flow[2], flow[3], flow[4], flow[5], flow[6], flow[7],
+        ]);
+        let len = usize::from(body.u16()?);
+        if len > MAX_REASON_LEN {
+            return Err(FrameError::FieldLength("reason"));
+        }
+        let reason = body.text(len, "reason")?;
+        body.finish()?;
+        Ok(Some((
+            FlowReply {
+                status,
+                flow,
+                reason,
+            },
+            used,
+        )))
+    }
+
+    /// Encodes the reply; a reason over the limit is cut at a character boundary.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut reason = self.reason.as_str();
+        if reason.len() > MAX_REASON_LEN {
+            let mut end = MAX_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason = &reason[..end];
+        }
+        let mut body = Vec::with_capacity(11 + reason.len());
+        body.push(self.status as u8);
+        body.extend_from_slice(&self.flow.to_be_bytes());
+        body.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+        body.extend_from_slice(reason.as_bytes());
+        with_header(KIND_REPLY, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_need_all_their_bytes() {
+        let open = FlowOpen {
+            host: TargetHost::Name("example.com".to_owned()),
+            port: 443,
+            tenant: "acme".to_owned(),
+            document: "doc-1".to_owned(),
+        };
+        let bytes = open.encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert_eq!(FlowOpen::decode(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut more = bytes.clone();
+        more.extend_from_slice(b"payload");
+        assert_eq!(FlowOpen::decode(&more), Ok(Some((open, bytes.len()))));
+
+        let reply = FlowReply {
+            status: ReplyStatus::Denied,
+            flow: 7,
+            reason: "denied: 10.0.0.5 is a private address (RFC 1918)".to_owned(),
+        };
+        let bytes = reply.encode();
+        assert_eq!(FlowReply::decode(&bytes), Ok(Some((reply, bytes.len()))));
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        assert_eq!(FlowOpen::decode(&[2]), Err(FrameError::Version(2)));
+        assert_eq!(FlowOpen::decode(&[1, 2]), Err(FrameError::Kind(2)));
+        assert_eq!(
+            FlowOpen::decode(&[1, 1, 0xff, 0xff]),
+            Err(FrameError::TooLong(0xffff))
+        );
+        assert_eq!(
+            FlowOpen::decode(&[1, 1, 0, 1, 9]),
+            Err(FrameError::AddressType(9))
+        );
+        assert_eq!(
+            FlowOpen::decode(&[1, 1, 0, 7, 1, 127, 0, 0, 1, 0, 0]),
+            Err(FrameError::ZeroPort)
+        );
+        assert_eq!(
+            FlowOpen::decode(&[1, 1, 0, 8, 1, 127, 0, 0, 1, 0, 80, 0]),
+            Err(FrameError::FieldLength("tenant"))
+        );
+    }
+}
