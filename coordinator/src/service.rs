@@ -597,9 +597,19 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             }
             *pools_set = true;
         }
+        // Only when a lease ran out, so an idle region does not grow its log every tick.
+        let now = now_ms();
+        let lapsed = self.read(|state| {
+            state.tasks().any(|task| {
+                task.lease_until_ms < now && !matches!(task.state, TaskState::Dead { .. })
+            })
+        });
+        if !lapsed {
+            return self.run_pool().await;
+        }
         let expired = self
             .consensus
-            .propose(Command::ExpireLeases { now_ms: now_ms() })
+            .propose(Command::ExpireLeases { now_ms: now })
             .await?;
         if let Response::Expired { tasks, documents } = expired
             && !tasks.is_empty()
@@ -617,7 +627,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         let now = now_ms();
         let actions = {
             let mut pool = self.pool.lock().await;
-            let (tasks, targets): (Vec<Task>, Vec<((Region, Tier), PoolTarget)>) =
+            let (tasks, targets): (Vec<Task>, Vec<(crate::state::PoolKey, PoolTarget)>) =
                 self.read(|state| {
                     (
                         state.tasks().cloned().collect(),
@@ -716,7 +726,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                 self.pool
                     .lock()
                     .await
-                    .record_start_failure(region, tier, now_ms(), err.to_string());
+                    .record_start_failure(region, tier, now_ms(), err.reason());
             }
         }
         Ok(())

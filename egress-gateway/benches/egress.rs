@@ -264,8 +264,11 @@ async fn start_squid() -> Result<Squid, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(path_of(&squid).join("cache.log")).unwrap_or_default();
-            return Err(format!("squid did not listen within 20 s; cache.log:\n{log}"));
+            let log =
+                std::fs::read_to_string(path_of(&squid).join("cache.log")).unwrap_or_default();
+            return Err(format!(
+                "squid did not listen within 20 s; cache.log:\n{log}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -402,7 +405,9 @@ async fn run() {
             rates[i] = rates[i].max(bulk(route, target, bytes).await);
         }
     }
-    println!("\negress bulk throughput: one connection downloading {megabytes} MiB, best of {rounds}, interleaved");
+    println!(
+        "\negress bulk throughput: one connection downloading {megabytes} MiB, best of {rounds}, interleaved"
+    );
     println!("{:<18} {:>10} {:>16}", "route", "MB/s", "share of direct");
     let mut shares = Vec::new();
     for (i, &route) in routes.iter().enumerate() {

@@ -103,7 +103,13 @@ pub fn basic_credentials(value: &str) -> Option<(String, String)> {
 /// A header value that cannot break the response: printable ASCII only.
 fn header_safe(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -218,7 +224,12 @@ pub async fn serve(gateway: Gateway, mut stream: TcpStream) -> Result<(), Connec
             let reason = format!("denied: {error}");
             let headers = [(REASON_HEADER, reason.clone())];
             stream
-                .write_all(&response(400, "Bad Request", &headers, &format!("{reason}\n")))
+                .write_all(&response(
+                    400,
+                    "Bad Request",
+                    &headers,
+                    &format!("{reason}\n"),
+                ))
                 .await?;
             return Err(error.into());
         }
@@ -299,14 +310,20 @@ mod tests {
             basic_credentials(parsed.proxy_authorization.as_deref().unwrap()),
             Some(("u".to_owned(), "p".to_owned()))
         );
-        assert_eq!(decode_head(b"CONNECT example.com:443 HTTP/1.1\r\n"), Ok(None));
+        assert_eq!(
+            decode_head(b"CONNECT example.com:443 HTTP/1.1\r\n"),
+            Ok(None)
+        );
         let huge = [b'a'; MAX_HEAD + 1];
         assert!(decode_head(&huge).is_err());
     }
 
     #[test]
     fn targets_split_like_authorities() {
-        assert_eq!(split_target("a.com:443").unwrap(), ("a.com".to_owned(), 443));
+        assert_eq!(
+            split_target("a.com:443").unwrap(),
+            ("a.com".to_owned(), 443)
+        );
         assert_eq!(split_target("[::1]:80").unwrap(), ("[::1]".to_owned(), 80));
         assert!(split_target("a.com").is_err());
         assert!(split_target("::1:80").is_err());

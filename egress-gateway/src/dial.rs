@@ -57,7 +57,11 @@ impl DialError {
 }
 
 /// Connects to `dest` from `source` within `timeout`.
-pub async fn dial(dest: SocketAddr, source: Source, timeout: Duration) -> Result<TcpStream, DialError> {
+pub async fn dial(
+    dest: SocketAddr,
+    source: Source,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
     let socket = if dest.is_ipv4() {
         TcpSocket::new_v4()
     } else {

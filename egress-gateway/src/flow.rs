@@ -225,8 +225,7 @@ impl Gateway {
             Ok(open) => {
                 metrics::counter!(names::DECISIONS, "verdict" => "allow", "class" => "allowed")
                     .increment(1);
-                metrics::histogram!(names::CONNECT_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(names::CONNECT_SECONDS).record(started.elapsed().as_secs_f64());
                 Ok(open)
             }
             Err(failure) => {
@@ -259,14 +258,12 @@ impl Gateway {
         let snapshot = self.snapshot();
         let host = match &request.host {
             RequestedHost::Ip(ip) => Host::Ip(*ip),
-            RequestedHost::Text(text) => {
-                host::parse_host(text).map_err(|error| {
-                    FlowFailure::Denied(Denial::BadHost {
-                        input: text.clone(),
-                        error,
-                    })
-                })?
-            }
+            RequestedHost::Text(text) => host::parse_host(text).map_err(|error| {
+                FlowFailure::Denied(Denial::BadHost {
+                    input: text.clone(),
+                    error,
+                })
+            })?,
         };
         let check = snapshot
             .policy
@@ -319,7 +316,9 @@ impl Gateway {
         let mut last_error = None;
         for (ip, allowed) in &selection.candidates {
             let dest = SocketAddr::new(*ip, request.port);
-            let source = check.source_for(*ip, record.flow).unwrap_or(Source::Unbound);
+            let source = check
+                .source_for(*ip, record.flow)
+                .unwrap_or(Source::Unbound);
             // Whatever time the earlier candidates used counts against the one timeout.
             let left = timeout.saturating_sub(started.elapsed());
             match dial::dial(dest, source, left).await {
@@ -408,7 +407,12 @@ impl Gateway {
     /// [`Gateway::relay`] for a TCP client: the bytes move between the two sockets with
     /// `splice(2)`, never through user space (see [`crate::splice`]). `early` holds bytes the
     /// client sent after its request, before the flow was open; they go first.
-    pub async fn relay_tcp(&self, flow: OpenFlow, client: TcpStream, early: Vec<u8>) -> FlowSummary {
+    pub async fn relay_tcp(
+        &self,
+        flow: OpenFlow,
+        client: TcpStream,
+        early: Vec<u8>,
+    ) -> FlowSummary {
         let pipes = crate::splice::Pipe::new().and_then(|a| Ok((a, crate::splice::Pipe::new()?)));
         let Ok((pipe_out, pipe_in)) = pipes else {
             let (read, write) = client.into_split();

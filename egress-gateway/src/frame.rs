@@ -172,7 +172,11 @@ impl<'a> Body<'a> {
 }
 
 /// Splits off one frame of `kind`: `Ok(None)` until all of it is in `buf`.
-fn split_frame(buf: &[u8], kind: u8, max_body: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+fn split_frame(
+    buf: &[u8],
+    kind: u8,
+    max_body: usize,
+) -> Result<Option<(&[u8], usize)>, FrameError> {
     if buf.is_empty() {
         return Ok(None);
     }

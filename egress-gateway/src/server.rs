@@ -159,17 +159,18 @@ where
 /// (checked every `poll`). Errors keep the old config and are logged.
 pub async fn watch_config(gateway: Gateway, path: PathBuf, poll: Duration) {
     let modified = |path: &PathBuf| -> Option<SystemTime> {
-        std::fs::metadata(path).and_then(|meta| meta.modified()).ok()
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
     };
     let mut last = modified(&path);
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler; reloading on file changes only");
-                None
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "no SIGHUP handler; reloading on file changes only");
+            None
+        }
+    };
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -279,17 +279,33 @@ async fn serve_stream(
     let open = match tokio::time::timeout(timeout, read_open(&mut recv)).await {
         Ok(Ok(open)) => open,
         Ok(Err(error)) => {
-            reply(&mut send, ReplyStatus::BadRequest, 0, format!("bad flow frame: {error}")).await;
+            reply(
+                &mut send,
+                ReplyStatus::BadRequest,
+                0,
+                format!("bad flow frame: {error}"),
+            )
+            .await;
             return;
         }
         Err(_) => {
-            reply(&mut send, ReplyStatus::BadRequest, 0, "no flow frame in time".to_owned()).await;
+            reply(
+                &mut send,
+                ReplyStatus::BadRequest,
+                0,
+                "no flow frame in time".to_owned(),
+            )
+            .await;
             return;
         }
     };
     if !gateway.snapshot().nodes.may_serve(&node, &open.tenant) {
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
-        tracing::warn!(node, tenant = open.tenant, "node may not open flows for this tenant");
+        tracing::warn!(
+            node,
+            tenant = open.tenant,
+            "node may not open flows for this tenant"
+        );
         let reason = format!(
             "denied: node {node} may not open flows for tenant {}",
             open.tenant

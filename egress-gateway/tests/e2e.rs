@@ -42,7 +42,10 @@ impl World {
             ("echo.test", Answer::Fixed(vec![loopback])),
             ("http.test", Answer::Fixed(vec![loopback])),
             ("x.denied.test", Answer::Fixed(vec![loopback])),
-            ("intranet.test", Answer::Fixed(vec!["10.0.0.5".parse().unwrap()])),
+            (
+                "intranet.test",
+                Answer::Fixed(vec!["10.0.0.5".parse().unwrap()]),
+            ),
             (
                 "metadata.attacker.test",
                 Answer::Fixed(vec!["169.254.169.254".parse().unwrap()]),
@@ -155,19 +158,35 @@ async fn socks5_and_connect_reach_servers_by_name_from_the_tenants_static_addres
     let (mut stream, bound) = socks5(socks, "alpha", "alpha-secret", "echo.test", echo_port)
         .await
         .unwrap();
-    assert_eq!(bound.ip().to_string(), "127.0.0.2", "BND.ADDR is the static source");
-    assert_eq!(greeting(&mut stream).await, format!("hello from {}", world.echo.addr));
+    assert_eq!(
+        bound.ip().to_string(),
+        "127.0.0.2",
+        "BND.ADDR is the static source"
+    );
+    assert_eq!(
+        greeting(&mut stream).await,
+        format!("hello from {}", world.echo.addr)
+    );
     assert_eq!(echo_round_trip(&mut stream, b"ping").await, b"ping");
-    assert_eq!(world.echo.peers.recv().await.unwrap().ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        world.echo.peers.recv().await.unwrap().ip().to_string(),
+        "127.0.0.2"
+    );
     drop(stream);
     let record = gw.next_record().await;
     assert_eq!(record.verdict, Verdict::Allow);
     assert_eq!(record.front_end, "socks5");
-    assert_eq!((record.tenant.as_str(), record.document.as_str()), ("alpha", "doc-a"));
+    assert_eq!(
+        (record.tenant.as_str(), record.document.as_str()),
+        ("alpha", "doc-a")
+    );
     assert_eq!(record.requested_host, "echo.test");
     assert_eq!(record.chosen, Some(world.echo.addr));
     assert_eq!(record.source.unwrap().ip().to_string(), "127.0.0.2");
-    assert_eq!(record.resolved, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        record.resolved,
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+    );
     assert!(record.bytes_out >= 4 && record.bytes_in >= 4, "{record:?}");
 
     // CONNECT by name, tenant beta: an HTTP request through the tunnel; the server answers
@@ -201,10 +220,16 @@ async fn socks5_and_connect_reach_servers_by_name_from_the_tenants_static_addres
             .collect();
         if lines.len() >= 2 {
             assert_eq!(lines[0]["verdict"], "allow");
-            assert!(lines.iter().any(|line| line["source"] == format!("127.0.0.3:{}", record.source.unwrap().port())));
+            assert!(lines.iter().any(
+                |line| line["source"] == format!("127.0.0.3:{}", record.source.unwrap().port())
+            ));
             break;
         }
-        assert!(Instant::now() < deadline, "audit file has {} lines", lines.len());
+        assert!(
+            Instant::now() < deadline,
+            "audit file has {} lines",
+            lines.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -230,10 +255,15 @@ async fn denied_host_and_port_fail_at_once_with_a_reason_and_an_audit_record() {
     );
     assert_eq!(refusal.body.trim_end(), reason);
     let record = gw.record_of(refusal.flow.unwrap()).await;
-    assert_eq!((record.verdict, record.class.as_str()), (Verdict::Deny, "denied_host"));
+    assert_eq!(
+        (record.verdict, record.class.as_str()),
+        (Verdict::Deny, "denied_host")
+    );
     assert_eq!(record.reason, reason);
 
-    let refusal = http_connect(connect, alpha, "echo.test:25").await.unwrap_err();
+    let refusal = http_connect(connect, alpha, "echo.test:25")
+        .await
+        .unwrap_err();
     assert_eq!(refusal.status, 403);
     assert_eq!(
         refusal.reason.as_deref(),
@@ -250,17 +280,39 @@ async fn denied_host_and_port_fail_at_once_with_a_reason_and_an_audit_record() {
         "SOCKS5 reply 'not allowed by ruleset'"
     );
     let record = gw.next_record().await;
-    assert_eq!((record.front_end.as_str(), record.class.as_str()), ("socks5", "denied_host"));
-    assert_eq!(socks5(socks, "alpha", "alpha-secret", "echo.test", 25).await.unwrap_err(), 0x02);
+    assert_eq!(
+        (record.front_end.as_str(), record.class.as_str()),
+        ("socks5", "denied_host")
+    );
+    assert_eq!(
+        socks5(socks, "alpha", "alpha-secret", "echo.test", 25)
+            .await
+            .unwrap_err(),
+        0x02
+    );
     assert_eq!(gw.next_record().await.class, "denied_port");
     // A refusal decided before any DNS query or connect is immediate.
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(world.dns.a_queries("x.denied.test"), 0, "denied names are never looked up");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        world.dns.a_queries("x.denied.test"),
+        0,
+        "denied names are never looked up"
+    );
 
     // No credentials: 407, and bad SOCKS5 credentials: refused at authentication.
-    let refusal = http_connect(connect, None, "echo.test:80").await.unwrap_err();
+    let refusal = http_connect(connect, None, "echo.test:80")
+        .await
+        .unwrap_err();
     assert_eq!(refusal.status, 407);
-    assert!(socks5(socks, "alpha", "wrong", "echo.test", echo_port).await.is_err());
+    assert!(
+        socks5(socks, "alpha", "wrong", "echo.test", echo_port)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -271,7 +323,10 @@ async fn without_a_carve_out_loopback_private_and_metadata_are_denied() {
     let connect = gw.addrs.connect.unwrap();
     let echo_port = world.echo.addr.port();
     let closed = Some(("closed", "closed-secret"));
-    let before = world.echo.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let before = world
+        .echo
+        .accepted
+        .load(std::sync::atomic::Ordering::SeqCst);
 
     let refusal = http_connect(connect, closed, &format!("echo.test:{echo_port}"))
         .await
@@ -282,20 +337,51 @@ async fn without_a_carve_out_loopback_private_and_metadata_are_denied() {
         Some("denied: 127.0.0.1 is a loopback address; ask your admin for a carve-out")
     );
     assert_eq!(
-        socks5(socks, "closed", "closed-secret", "127.0.0.1", echo_port).await.unwrap_err(),
+        socks5(socks, "closed", "closed-secret", "127.0.0.1", echo_port)
+            .await
+            .unwrap_err(),
         0x02
     );
     // The same server is reachable for alpha, whose carve-out names it.
-    assert!(http_connect(connect, Some(("alpha", "alpha-secret")), &format!("echo.test:{echo_port}")).await.is_ok());
+    assert!(
+        http_connect(
+            connect,
+            Some(("alpha", "alpha-secret")),
+            &format!("echo.test:{echo_port}")
+        )
+        .await
+        .is_ok()
+    );
 
     for (target, expected) in [
-        (format!("intranet.test:{echo_port}"), "denied: 10.0.0.5 is a private address (RFC 1918); ask your admin for a carve-out"),
-        ("metadata.attacker.test:80".to_owned(), "denied: 169.254.169.254 is the cloud metadata address; it can never be reached"),
-        ("metadata.google.internal:80".to_owned(), "denied: metadata.google.internal is the local host or a cloud metadata service; it can never be reached"),
-        ("169.254.169.254:80".to_owned(), "denied: 169.254.169.254 is the cloud metadata address; it can never be reached"),
-        (format!("[::ffff:127.0.0.1]:{echo_port}"), "denied: 127.0.0.1 is a loopback address; ask your admin for a carve-out"),
-        (format!("0x7f.1:{echo_port}"), "denied: \"0x7f.1\" is a numeric host in a non-canonical notation (decimal, octal, hex, short or with leading zeros); write the address as a dotted quad such as 93.184.216.34 or a bracketed IPv6 address"),
-        (format!("2130706433:{echo_port}"), "denied: \"2130706433\" is a numeric host in a non-canonical notation (decimal, octal, hex, short or with leading zeros); write the address as a dotted quad such as 93.184.216.34 or a bracketed IPv6 address"),
+        (
+            format!("intranet.test:{echo_port}"),
+            "denied: 10.0.0.5 is a private address (RFC 1918); ask your admin for a carve-out",
+        ),
+        (
+            "metadata.attacker.test:80".to_owned(),
+            "denied: 169.254.169.254 is the cloud metadata address; it can never be reached",
+        ),
+        (
+            "metadata.google.internal:80".to_owned(),
+            "denied: metadata.google.internal is the local host or a cloud metadata service; it can never be reached",
+        ),
+        (
+            "169.254.169.254:80".to_owned(),
+            "denied: 169.254.169.254 is the cloud metadata address; it can never be reached",
+        ),
+        (
+            format!("[::ffff:127.0.0.1]:{echo_port}"),
+            "denied: 127.0.0.1 is a loopback address; ask your admin for a carve-out",
+        ),
+        (
+            format!("0x7f.1:{echo_port}"),
+            "denied: \"0x7f.1\" is a numeric host in a non-canonical notation (decimal, octal, hex, short or with leading zeros); write the address as a dotted quad such as 93.184.216.34 or a bracketed IPv6 address",
+        ),
+        (
+            format!("2130706433:{echo_port}"),
+            "denied: \"2130706433\" is a numeric host in a non-canonical notation (decimal, octal, hex, short or with leading zeros); write the address as a dotted quad such as 93.184.216.34 or a bracketed IPv6 address",
+        ),
     ] {
         let refusal = http_connect(connect, closed, &target).await.unwrap_err();
         assert_eq!(refusal.status, 403, "{target}");
@@ -303,19 +389,45 @@ async fn without_a_carve_out_loopback_private_and_metadata_are_denied() {
     }
     // The gateway's own listener, even for a tenant with a loopback carve-out on other ports.
     let own = format!("127.0.0.1:{}", gw.addrs.socks.unwrap().port());
-    let refusal = http_connect(connect, Some(("alpha", "alpha-secret")), &own).await.unwrap_err();
-    assert!(refusal.reason.unwrap().contains("this gateway's own listener"));
+    let refusal = http_connect(connect, Some(("alpha", "alpha-secret")), &own)
+        .await
+        .unwrap_err();
+    assert!(
+        refusal
+            .reason
+            .unwrap()
+            .contains("this gateway's own listener")
+    );
     // ...and a tenant's static address.
-    let refusal = http_connect(connect, Some(("alpha", "alpha-secret")), "127.0.0.3:80").await.unwrap_err();
-    assert!(refusal.reason.unwrap().contains("an address of the egress gateway itself"));
+    let refusal = http_connect(connect, Some(("alpha", "alpha-secret")), "127.0.0.3:80")
+        .await
+        .unwrap_err();
+    assert!(
+        refusal
+            .reason
+            .unwrap()
+            .contains("an address of the egress gateway itself")
+    );
 
     // Only alpha's flow reached the echo server.
-    let after = world.echo.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let after = world
+        .echo
+        .accepted
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(after - before, 1);
 
     // Mixed answers: the allowed address is dialled, the denied one is in the audit record.
-    let (mut stream, flow) = http_connect(connect, Some(("alpha", "alpha-secret")), &format!("mixed.test:{echo_port}")).await.unwrap();
-    assert_eq!(greeting(&mut stream).await, format!("hello from {}", world.echo.addr));
+    let (mut stream, flow) = http_connect(
+        connect,
+        Some(("alpha", "alpha-secret")),
+        &format!("mixed.test:{echo_port}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        greeting(&mut stream).await,
+        format!("hello from {}", world.echo.addr)
+    );
     drop(stream);
     let record = gw.record_of(flow).await;
     assert_eq!(record.chosen, Some(world.echo.addr));
@@ -335,7 +447,10 @@ async fn a_rebinding_name_never_gets_a_connection_to_loopback() {
         match socks5(socks, "alpha", "alpha-secret", "rebind.test", port).await {
             Ok((mut stream, _)) => {
                 // Every connection that got through reached the address that was checked.
-                assert_eq!(greeting(&mut stream).await, format!("hello from {}", world.public.addr));
+                assert_eq!(
+                    greeting(&mut stream).await,
+                    format!("hello from {}", world.public.addr)
+                );
                 reached += 1;
             }
             Err(code) => {
@@ -345,10 +460,19 @@ async fn a_rebinding_name_never_gets_a_connection_to_loopback() {
         }
     }
     assert_eq!(reached + denied, attempts);
-    assert!(world.dns.a_queries("rebind.test") >= attempts, "each flow resolved (TTL 0)");
-    assert!(reached > 0 && denied > 0, "the answers flipped: {reached} reached, {denied} denied");
+    assert!(
+        world.dns.a_queries("rebind.test") >= attempts,
+        "each flow resolved (TTL 0)"
+    );
+    assert!(
+        reached > 0 && denied > 0,
+        "the answers flipped: {reached} reached, {denied} denied"
+    );
     assert_eq!(
-        world.loopback_twin.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        world
+            .loopback_twin
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
         0,
         "nothing reached the loopback server"
     );
@@ -374,9 +498,18 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
         .open_flow(Destination::name("echo.test", echo_port), "doc-t", "alpha")
         .await
         .unwrap();
-    assert_eq!(greeting(&mut flow).await, format!("hello from {}", world.echo.addr));
-    assert_eq!(echo_round_trip(&mut flow, b"through quic").await, b"through quic");
-    assert_eq!(world.echo.peers.recv().await.unwrap().ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        greeting(&mut flow).await,
+        format!("hello from {}", world.echo.addr)
+    );
+    assert_eq!(
+        echo_round_trip(&mut flow, b"through quic").await,
+        b"through quic"
+    );
+    assert_eq!(
+        world.echo.peers.recv().await.unwrap().ip().to_string(),
+        "127.0.0.2"
+    );
     // Half-close: the echo server sees the end and closes its side; the flow then ends.
     flow.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -384,23 +517,36 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
     let record = gw.record_of(flow.flow).await;
     assert_eq!(record.front_end, "tunnel");
     assert_eq!(record.node.as_deref(), Some("node-1.airlock"));
-    assert_eq!((record.tenant.as_str(), record.document.as_str()), ("alpha", "doc-t"));
+    assert_eq!(
+        (record.tenant.as_str(), record.document.as_str()),
+        ("alpha", "doc-t")
+    );
 
     // A raw address (what a redirect sees) works the same way.
     let mut flow = client
         .open_flow(Destination::addr(world.echo.addr), "doc-t", "alpha")
         .await
         .unwrap();
-    assert_eq!(greeting(&mut flow).await, format!("hello from {}", world.echo.addr));
+    assert_eq!(
+        greeting(&mut flow).await,
+        format!("hello from {}", world.echo.addr)
+    );
 
     // Denied destinations come back with the reason for the cell.
     match client
-        .open_flow(Destination::name("x.denied.test", echo_port), "doc-t", "alpha")
+        .open_flow(
+            Destination::name("x.denied.test", echo_port),
+            "doc-t",
+            "alpha",
+        )
         .await
     {
         Err(OpenFlowError::Refused { status, reason, .. }) => {
             assert_eq!(status, ReplyStatus::Denied);
-            assert_eq!(reason, "denied: x.denied.test matches the tenant's deny rule *.denied.test");
+            assert_eq!(
+                reason,
+                "denied: x.denied.test matches the tenant's deny rule *.denied.test"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -411,7 +557,10 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
     {
         Err(OpenFlowError::Refused { status, reason, .. }) => {
             assert_eq!(status, ReplyStatus::Denied);
-            assert!(reason.contains("may not open flows for tenant beta"), "{reason}");
+            assert!(
+                reason.contains("may not open flows for tenant beta"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -426,7 +575,9 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
         identity_from_pem(&cert.pem(), &key.serialize_pem())
     };
     let outcome = async {
-        let client = TunnelClient::connect(client_config(stranger)).await.map_err(|e| e.to_string())?;
+        let client = TunnelClient::connect(client_config(stranger))
+            .await
+            .map_err(|e| e.to_string())?;
         client
             .open_flow(Destination::name("echo.test", echo_port), "doc-t", "alpha")
             .await
@@ -436,7 +587,8 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
     .await;
     assert!(outcome.is_err(), "a stranger's flow opened");
     // A CA-signed node the config does not list is refused as well.
-    let unknown = TunnelClient::connect(client_config(world.certs.node_identity("node-9.airlock"))).await;
+    let unknown =
+        TunnelClient::connect(client_config(world.certs.node_identity("node-9.airlock"))).await;
     if let Ok(client) = unknown {
         assert!(
             client
@@ -461,19 +613,32 @@ async fn a_reload_changes_new_flows_and_keeps_open_ones() {
     // A broken config is refused and the old one stays.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("egress.toml");
-    std::fs::write(&path, "[[tenants]]\nname = \"alpha\"\nallow_hosts = [\"a.*.b\"]\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[tenants]]\nname = \"alpha\"\nallow_hosts = [\"a.*.b\"]\n",
+    )
+    .unwrap();
     assert!(gw.gateway.reload_from(&path).is_err());
-    assert!(socks5(socks, "alpha", "alpha-secret", "echo.test", echo_port).await.is_ok());
+    assert!(
+        socks5(socks, "alpha", "alpha-secret", "echo.test", echo_port)
+            .await
+            .is_ok()
+    );
 
     // Deny echo.test for alpha: new flows are refused...
     std::fs::write(&path, world.config("allow_ports = [1]")).unwrap();
     gw.gateway.reload_from(&path).unwrap();
     assert_eq!(
-        socks5(socks, "alpha", "alpha-secret", "echo.test", echo_port).await.unwrap_err(),
+        socks5(socks, "alpha", "alpha-secret", "echo.test", echo_port)
+            .await
+            .unwrap_err(),
         0x02
     );
     // ...while the flow opened before keeps working.
-    assert_eq!(echo_round_trip(&mut open, b"still here").await, b"still here");
+    assert_eq!(
+        echo_round_trip(&mut open, b"still here").await,
+        b"still here"
+    );
     let _ = Config::parse(&world.config("")).unwrap();
 }
 
@@ -494,7 +659,10 @@ async fn connection_and_byte_limits_hold() {
         refusal.reason.as_deref(),
         Some("limited: tenant alpha already has 1 connections open")
     );
-    assert_eq!(gw.record_of(refusal.flow.unwrap()).await.verdict, Verdict::Limited);
+    assert_eq!(
+        gw.record_of(refusal.flow.unwrap()).await.verdict,
+        Verdict::Limited
+    );
 
     // 50 kB each way through a document paced at 100 kB/s (both directions) with a 10 kB
     // burst: at least (100 kB - 10 kB) / 100 kB/s = 0.9 s.
@@ -502,7 +670,10 @@ async fn connection_and_byte_limits_hold() {
     let data = vec![7u8; 50_000];
     assert_eq!(echo_round_trip(&mut first, &data).await, data);
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(800), "paced transfer took only {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(800),
+        "paced transfer took only {elapsed:?}"
+    );
     drop(first);
     gw.record_of(flow).await;
     // The slot is free again once the first flow's record is out.

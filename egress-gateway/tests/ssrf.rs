@@ -95,7 +95,12 @@ const fn named(
     }
 }
 
-const fn as_tenant(tenant: &'static str, host: &'static str, port: u16, expect: &'static str) -> Case {
+const fn as_tenant(
+    tenant: &'static str,
+    host: &'static str,
+    port: u16,
+    expect: &'static str,
+) -> Case {
     Case {
         tenant,
         host,
@@ -138,8 +143,16 @@ const CASES: &[Case] = &[
     case("[2002:c000:201::1]", 1, "ipv6_embedding"),
     case("[2002:a00:1::1]", 1, "ipv6_embedding"),
     case("[2002:808:808::1]", 1, "ipv6_embedding"),
-    case("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", 1, "ipv6_embedding"),
-    case("[2001:0:1234:5678:9abc:def0:1234:5678]", 1, "ipv6_embedding"),
+    case(
+        "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",
+        1,
+        "ipv6_embedding",
+    ),
+    case(
+        "[2001:0:1234:5678:9abc:def0:1234:5678]",
+        1,
+        "ipv6_embedding",
+    ),
     case("[2001:4860:4860::8888]", 1, "allowed"),
     case("[2606:4700:4700::1111]", 1, "allowed"),
     case("[64:ff9c::1]", 1, "allowed"),
@@ -205,31 +218,81 @@ const CASES: &[Case] = &[
     case("8.8.8.8", 25, "denied_port"),
     as_tenant("strict", "api.allowed.com", 80, "port_not_allowed"),
     // Names: metadata and local names are refused by name, whatever they resolve to.
-    named("smoke", "metadata.google.internal", &["8.8.8.8"], "reserved_name"),
-    named("smoke", "METADATA.Google.Internal.", &["8.8.8.8"], "reserved_name"),
+    named(
+        "smoke",
+        "metadata.google.internal",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
+    named(
+        "smoke",
+        "METADATA.Google.Internal.",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
     named("smoke", "instance-data", &["8.8.8.8"], "reserved_name"),
     named("smoke", "metadata", &["8.8.8.8"], "reserved_name"),
     named("smoke", "localhost", &["8.8.8.8"], "reserved_name"),
     named("smoke", "x.localhost", &["8.8.8.8"], "reserved_name"),
     // ...and by address when any other name leads there.
-    named("smoke", "metadata.attacker.example", &["169.254.169.254"], "cloud_metadata"),
-    named("smoke", "aws-v6.attacker.example", &["fd00:ec2::254"], "cloud_metadata"),
+    named(
+        "smoke",
+        "metadata.attacker.example",
+        &["169.254.169.254"],
+        "cloud_metadata",
+    ),
+    named(
+        "smoke",
+        "aws-v6.attacker.example",
+        &["fd00:ec2::254"],
+        "cloud_metadata",
+    ),
     named("smoke", "127.0.0.1.nip.io", &["127.0.0.1"], "loopback"),
     named("smoke", "localtest.me", &["127.0.0.1", "::1"], "loopback"),
     named("smoke", "intranet.example", &["10.0.0.5"], "private"),
     named("smoke", "mapped.example", &["::ffff:10.0.0.5"], "private"),
-    named("smoke", "all-denied.example", &["127.0.0.1", "10.0.0.1"], "loopback"),
+    named(
+        "smoke",
+        "all-denied.example",
+        &["127.0.0.1", "10.0.0.1"],
+        "loopback",
+    ),
     // Mixed answers: the allowed address is taken (and the denied one audited)...
-    named("smoke", "mixed.example", &["10.0.0.5", "93.184.216.34"], "allowed"),
+    named(
+        "smoke",
+        "mixed.example",
+        &["10.0.0.5", "93.184.216.34"],
+        "allowed",
+    ),
     // ...unless the tenant refuses mixed names outright.
-    named("mixed", "mixed.example", &["93.184.216.34", "10.0.0.5"], "mixed_answers"),
-    named("smoke", "a.blocked.example", &["93.184.216.34"], "denied_host"),
-    named("smoke", "A.Blocked.Example.", &["93.184.216.34"], "denied_host"),
+    named(
+        "mixed",
+        "mixed.example",
+        &["93.184.216.34", "10.0.0.5"],
+        "mixed_answers",
+    ),
+    named(
+        "smoke",
+        "a.blocked.example",
+        &["93.184.216.34"],
+        "denied_host",
+    ),
+    named(
+        "smoke",
+        "A.Blocked.Example.",
+        &["93.184.216.34"],
+        "denied_host",
+    ),
     // Default deny: only allow-listed hosts, and an allowed name still cannot reach inside.
     named("strict", "api.allowed.com", &["93.184.216.34"], "allowed"),
     named("strict", "api.other.com", &["93.184.216.34"], "not_allowed"),
     named("strict", "internal.allowed.com", &["10.1.2.3"], "private"),
-    named("strict", "v6.allowed.com", &["2606:4700::1"], "no_source_address"),
+    named(
+        "strict",
+        "v6.allowed.com",
+        &["2606:4700::1"],
+        "no_source_address",
+    ),
     as_tenant("strict", "93.184.216.34", 443, "not_allowed"),
     // Carve-outs are honoured for carvable classes only; deny still wins inside them.
     as_tenant("carve", "10.0.0.5", 80, "allowed"),
@@ -283,7 +346,13 @@ fn every_ssrf_case_gets_its_verdict() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
     println!("{} SSRF cases passed", CASES.len());
 }
 
@@ -291,7 +360,9 @@ fn every_ssrf_case_gets_its_verdict() {
 fn reasons_read_well_in_a_cell() {
     let policy = policy();
     let reason = |tenant: &'static str, host: &'static str, port: u16| {
-        verdict(&policy, &as_tenant(tenant, host, port, "")).unwrap_err().to_string()
+        verdict(&policy, &as_tenant(tenant, host, port, ""))
+            .unwrap_err()
+            .to_string()
     };
     assert_eq!(
         reason("smoke", "10.0.0.5", 5432),
@@ -328,7 +399,11 @@ fn mixed_answers_keep_the_denied_ones_for_the_audit() {
     let selection = check.select(&answers);
     assert!(selection.verdict.is_ok());
     let chosen: Vec<IpAddr> = selection.candidates.iter().map(|(ip, _)| *ip).collect();
-    assert_eq!(chosen, vec![answers[2], answers[3]], "allowed answers in answer order");
+    assert_eq!(
+        chosen,
+        vec![answers[2], answers[3]],
+        "allowed answers in answer order"
+    );
     let denied: Vec<IpAddr> = selection.denied.iter().map(|(ip, _)| *ip).collect();
     assert_eq!(denied, vec![answers[0], answers[1]]);
 }

@@ -68,8 +68,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config =
+        Config::load(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     config.listen.connect = args.connect.or(config.listen.connect);
     config.listen.socks = args.socks.or(config.listen.socks);
     config.listen.tunnel = args.tunnel.or(config.listen.tunnel);
@@ -128,8 +128,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Duration::from_secs(2)
     };
-    let watcher = tokio::spawn(server::watch_config(gateway.clone(), args.config.clone(), poll));
-    server::serve(gateway, listeners, shutdown_signal(), Duration::from_secs(10)).await;
+    let watcher = tokio::spawn(server::watch_config(
+        gateway.clone(),
+        args.config.clone(),
+        poll,
+    ));
+    server::serve(
+        gateway,
+        listeners,
+        shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await;
     watcher.abort();
     Ok(ExitCode::SUCCESS)
 }

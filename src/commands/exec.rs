@@ -72,6 +72,26 @@ pub struct ConnectArgs {
     /// Speak the JSON text form on WebSocket (as browsers do) instead of binary frames.
     #[arg(global = true, long)]
     ws_json: bool,
+    /// Ask this coordinator for a session on --doc instead of naming a node (any coordinator
+    /// of the region; `airlock dev` prints its URL).
+    #[arg(
+        global = true,
+        long,
+        value_name = "URL",
+        env = "AIRLOCK_COORDINATOR",
+        requires = "doc",
+        conflicts_with_all = ["connect_file", "quic", "ws"]
+    )]
+    coordinator: Option<String>,
+    /// The API token for --coordinator (backend or operator).
+    #[arg(global = true, long, value_name = "TOKEN", env = "AIRLOCK_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// The document to claim a session on, with --coordinator.
+    #[arg(global = true, long, value_name = "ID")]
+    doc: Option<String>,
+    /// Who the session is for, with --coordinator.
+    #[arg(global = true, long, value_name = "NAME", default_value = "cli")]
+    user: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -169,9 +189,42 @@ impl ConnectArgs {
     /// Connects and says hello. The outer error is a mistake in the flags (no token, no node);
     /// the inner one is the node being unreachable or refusing.
     pub async fn connect(&self) -> anyhow::Result<Result<Client, ClientError>> {
+        if let Some(coordinator) = &self.coordinator {
+            let (target, token) = self.claim(coordinator).await?;
+            return Ok(Client::connect(&target, &token).await);
+        }
         let token = read_token(self)?;
         let target = target(self)?;
         Ok(Client::connect(&target, &token).await)
+    }
+
+    /// Claims a session on `--doc` through a coordinator: where to connect, and the token.
+    async fn claim(&self, coordinator: &str) -> anyhow::Result<(Target, String)> {
+        let api_token = self
+            .api_token
+            .as_deref()
+            .context("--coordinator needs --api-token (or AIRLOCK_API_TOKEN)")?;
+        let doc = self.doc.as_deref().context("--coordinator needs --doc")?;
+        let api = airlock_coordinator::client::ApiClient::new(coordinator, api_token)?;
+        let session = api
+            .claim(doc, &self.user, airlock_protocol::token::Role::Editor)
+            .await
+            .with_context(|| format!("claiming a session on {doc:?}"))?;
+        let target = match (&session.quic, &session.websocket) {
+            (Some(quic), _) if !self.websocket => Target::Quic {
+                addr: quic
+                    .parse()
+                    .with_context(|| format!("the coordinator gave a bad address {quic:?}"))?,
+                server_name: self.server_name.clone(),
+                trust: Trust::Fingerprint(session.fingerprint.clone()),
+            },
+            (_, Some(url)) => Target::WebSocket {
+                url: url.clone(),
+                json: self.ws_json,
+            },
+            _ => bail!("the task serving {doc:?} has no endpoint this client speaks"),
+        };
+        Ok((target, session.token))
     }
 }
 

@@ -1,5 +1,6 @@
 //! The subcommands, one module each, and the flags they share.
 
+mod coordinator;
 mod demo;
 mod dev;
 mod egress;
@@ -52,6 +53,8 @@ enum Command {
     Demo(demo::Args),
     /// Run a whole region on this machine: coordinator, warm pool of jailed kernels, store.
     Dev(dev::Args),
+    /// Run a member of a region's coordinator group, or make the group's certificates.
+    Coordinator(coordinator::Args),
     /// Show a region's leader, pools, tasks and documents (for operators).
     Status(status::Args),
     /// Serve one document: start its kernel and listen for clients over QUIC and WebSocket.
@@ -227,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Coordinator(args) => coordinator::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Node(args) => node::run(*args).await,
         Command::Exec(args) => exec::run(args).await,

@@ -1,6 +1,8 @@
 //! The node's side of the control protocol (`airlock_protocol::control`): a warm task reports
 //! ready, keeps its lease with heartbeats, waits for its document, and says when it let it go.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_protocol::control::{HeartbeatReply, TaskAssignment, TaskReady, TaskReleased};
@@ -10,62 +12,92 @@ use reqwest::StatusCode;
 /// How long one assignment poll waits at the coordinator.
 const ASSIGNMENT_WAIT: Duration = Duration::from_secs(25);
 
-/// A task's connection to the coordinators of its region.
+/// A task's connection to the coordinators of its region. It talks to one coordinator at a
+/// time and moves to the next of the list when one cannot be reached, so losing a coordinator
+/// (the leader, say) costs a task nothing.
 #[derive(Debug, Clone)]
 pub struct TaskAgent {
     http: reqwest::Client,
-    base: String,
+    /// Every coordinator's API URL.
+    bases: Arc<Vec<String>>,
+    /// Which of `bases` to use now.
+    current: Arc<AtomicUsize>,
     task: String,
     secret: String,
 }
 
 impl TaskAgent {
-    pub fn new(coordinator: &str, task: &str, secret: String) -> anyhow::Result<Self> {
+    /// `coordinators`: one URL, or several separated by commas.
+    pub fn new(coordinators: &str, task: &str, secret: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
             .build()
             .context("building the HTTP client for the coordinator")?;
+        let bases: Vec<String> = coordinators
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "--coordinator needs at least one URL");
         Ok(TaskAgent {
             http,
-            base: coordinator.trim_end_matches('/').to_owned(),
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(0)),
             task: task.to_owned(),
             secret,
         })
     }
 
+    fn base(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len();
+        &self.bases[i]
+    }
+
     fn url(&self, what: &str) -> String {
-        format!("{}/v1/tasks/{}/{what}", self.base, self.task)
+        format!("{}/v1/tasks/{}/{what}", self.base(), self.task)
+    }
+
+    /// The coordinator in use could not be reached: use the next one.
+    fn next_coordinator(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let base = self.base().to_owned();
+        match request.send().await {
+            Ok(response) => Ok(response),
+            Err(err) => {
+                self.next_coordinator();
+                Err(err).with_context(|| format!("reaching the coordinator at {base}"))
+            }
+        }
     }
 
     /// Joins the warm pool.
     pub async fn ready(&self, ready: &TaskReady) -> anyhow::Result<HeartbeatReply> {
-        let response = self
+        let request = self
             .http
             .post(self.url("ready"))
             .bearer_auth(&self.secret)
             .json(ready)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+            .timeout(Duration::from_secs(10));
+        let response = self.send(request).await?;
         Self::json(response, "ready").await
     }
 
     pub async fn heartbeat(&self) -> anyhow::Result<HeartbeatReply> {
-        let response = self
+        let request = self
             .http
             .post(self.url("heartbeat"))
             .bearer_auth(&self.secret)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+            .timeout(Duration::from_secs(5));
+        let response = self.send(request).await?;
         Self::json(response, "heartbeat").await
     }
 
     /// Waits (one long poll) for the document a claim gave this task.
     pub async fn assignment(&self) -> anyhow::Result<Option<TaskAssignment>> {
-        let response = self
+        let request = self
             .http
             .get(format!(
                 "{}?wait_ms={}",
@@ -73,10 +105,8 @@ impl TaskAgent {
                 ASSIGNMENT_WAIT.as_millis()
             ))
             .bearer_auth(&self.secret)
-            .timeout(ASSIGNMENT_WAIT + Duration::from_secs(10))
-            .send()
-            .await
-            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+            .timeout(ASSIGNMENT_WAIT + Duration::from_secs(10));
+        let response = self.send(request).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -84,15 +114,13 @@ impl TaskAgent {
     }
 
     pub async fn released(&self, released: &TaskReleased) -> anyhow::Result<()> {
-        let response = self
+        let request = self
             .http
             .post(self.url("released"))
             .bearer_auth(&self.secret)
             .json(released)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+            .timeout(Duration::from_secs(10));
+        let response = self.send(request).await?;
         if !response.status().is_success() {
             anyhow::bail!("the coordinator refused the release: {}", response.status());
         }

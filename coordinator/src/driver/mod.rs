@@ -31,7 +31,7 @@ pub mod local;
 ///    (a missing program, a refused job) is an error from `start`, or, if the driver can only
 ///    see it later, an exit reported by [`next_exit`](Self::next_exit) soon after: never a hang.
 /// 2. **Stop ends everything.** Once [`stop`](Self::stop) returned `Ok`, nothing of the task is
-///    left: no process, allocation or folder of its own. A task that ignores the polite request
+///    left: no process, allocation or working folder (a log kept for post-mortems aside). A task that ignores the polite request
 ///    is killed after a grace period. `stop` is idempotent: stopping a task again, one that
 ///    already exited, or one this driver does not know (an earlier coordinator's) is `Ok`.
 /// 3. **Exits are reported.** Every task that ends without `stop` is reported once by

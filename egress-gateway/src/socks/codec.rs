@@ -138,7 +138,10 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(SocksRequest, usize)>, Socks
     let command = buf[1];
     let (host, port_at) = match buf[3] {
         0x01 => match buf.get(4..8) {
-            Some(b) => (SocksHost::Ip(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))), 8),
+            Some(b) => (
+                SocksHost::Ip(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+                8,
+            ),
             None => return Ok(None),
         },
         0x04 => match buf.get(4..20) {
@@ -159,8 +162,8 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(SocksRequest, usize)>, Socks
             let end = 5 + usize::from(len);
             match buf.get(5..end) {
                 Some(name) => {
-                    let name =
-                        std::str::from_utf8(name).map_err(|_| SocksError::NotUtf8("domain name"))?;
+                    let name = std::str::from_utf8(name)
+                        .map_err(|_| SocksError::NotUtf8("domain name"))?;
                     (SocksHost::Domain(name.to_owned()), end)
                 }
                 None => return Ok(None),
@@ -216,7 +219,10 @@ mod tests {
 
     #[test]
     fn messages_decode_whole_or_not_at_all() {
-        let request = [5, 1, 0, 3, 11, b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.', b'c', b'o', b'm', 1, 187];
+        let request = [
+            5, 1, 0, 3, 11, b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.', b'c', b'o', b'm', 1,
+            187,
+        ];
         for cut in 0..request.len() {
             assert_eq!(decode_request(&request[..cut]), Ok(None), "cut {cut}");
         }
@@ -233,8 +239,14 @@ mod tests {
         );
         assert_eq!(decode_greeting(&[5, 0]), Err(SocksError::NoMethods));
         assert_eq!(decode_greeting(&[4, 1, 0]), Err(SocksError::Version(4)));
-        assert_eq!(decode_request(&[5, 1, 0, 3, 0, 0, 80]), Err(SocksError::EmptyDomain));
-        assert_eq!(decode_request(&[5, 1, 0, 9, 0, 0, 80]), Err(SocksError::AddressType(9)));
+        assert_eq!(
+            decode_request(&[5, 1, 0, 3, 0, 0, 80]),
+            Err(SocksError::EmptyDomain)
+        );
+        assert_eq!(
+            decode_request(&[5, 1, 0, 9, 0, 0, 80]),
+            Err(SocksError::AddressType(9))
+        );
         let auth = [1, 1, b'u', 2, b'p', b'w'];
         assert_eq!(
             decode_userpass(&auth),

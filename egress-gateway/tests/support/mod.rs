@@ -113,7 +113,12 @@ impl DnsServer {
 
     pub fn a_queries(&self, name: &str) -> usize {
         let key = format!("{}.", name.to_ascii_lowercase());
-        self.a_queries.lock().unwrap().get(&key).copied().unwrap_or(0)
+        self.a_queries
+            .lock()
+            .unwrap()
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -413,7 +418,8 @@ pub async fn http_connect(
     let header = |name: &str| {
         head.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
         })
     };
     let flow = header("Airlock-Egress-Flow").and_then(|flow| flow.parse().ok());
