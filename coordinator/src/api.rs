@@ -57,7 +57,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/openapi.json", "this API's OpenAPI document"),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/v1/status", "leader, pool, tasks and documents"),
-    ("POST", "/v1/documents/{id}/session", "claim a session on a document"),
+    (
+        "POST",
+        "/v1/documents/{id}/session",
+        "claim a session on a document",
+    ),
     ("GET", "/v1/documents", "documents being served"),
     ("GET", "/v1/documents/{id}", "one document's allocation"),
     ("GET", "/v1/pool", "pool targets, counts and back-off"),
@@ -66,8 +70,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/v1/tasks/{id}/drain", "stop giving a task out"),
     ("POST", "/v1/tasks/{id}/ready", "a task's node is warm"),
     ("POST", "/v1/tasks/{id}/heartbeat", "a task's node is alive"),
-    ("GET", "/v1/tasks/{id}/assignment", "wait for a task's document"),
-    ("POST", "/v1/tasks/{id}/released", "a task stopped serving its document"),
+    (
+        "GET",
+        "/v1/tasks/{id}/assignment",
+        "wait for a task's document",
+    ),
+    (
+        "POST",
+        "/v1/tasks/{id}/released",
+        "a task stopped serving its document",
+    ),
 ];
 
 /// The shared state of the handlers.
@@ -126,7 +138,11 @@ impl IntoResponse for ApiError {
 
 impl From<ConsensusError> for ApiError {
     fn from(err: ConsensusError) -> Self {
-        let mut api = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", err.to_string());
+        let mut api = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            err.to_string(),
+        );
         api.retry_after = Some(1);
         api
     }
@@ -135,11 +151,17 @@ impl From<ConsensusError> for ApiError {
 impl From<TaskError> for ApiError {
     fn from(err: TaskError) -> Self {
         match err {
-            TaskError::UnknownTask(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_task", err.to_string()),
-            TaskError::BadSecret => ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", err.to_string()),
+            TaskError::UnknownTask(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_task", err.to_string())
+            }
+            TaskError::BadSecret => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", err.to_string())
+            }
             TaskError::Gone(_) => ApiError::new(StatusCode::GONE, "task_gone", err.to_string()),
             TaskError::Consensus(err) => err.into(),
-            TaskError::Rejected(message) => ApiError::new(StatusCode::CONFLICT, "rejected", message),
+            TaskError::Rejected(message) => {
+                ApiError::new(StatusCode::CONFLICT, "rejected", message)
+            }
         }
     }
 }
@@ -148,14 +170,20 @@ impl From<ClaimError> for ApiError {
     fn from(err: ClaimError) -> Self {
         match err {
             ClaimError::NoWarmTask { retry_after_s, .. } => {
-                let mut api =
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_warm_task", err.to_string());
+                let mut api = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_warm_task",
+                    err.to_string(),
+                );
                 api.retry_after = Some(retry_after_s);
                 api
             }
             ClaimError::NoSigningKey => {
-                let mut api =
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", err.to_string());
+                let mut api = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    err.to_string(),
+                );
                 api.retry_after = Some(1);
                 api
             }
@@ -275,7 +303,14 @@ async fn claim<C: Consensus, D: Driver + 'static>(
     api.authorize(&headers, ApiRole::Backend)?;
     document_id(&id)?;
     let Json(request) = body.map_err(|err| {
-        ApiError::new(err.status(), "bad_body", format!("{}: send {{\"user\": …, \"role\": \"editor\"}}", err.body_text()))
+        ApiError::new(
+            err.status(),
+            "bad_body",
+            format!(
+                "{}: send {{\"user\": …, \"role\": \"editor\"}}",
+                err.body_text()
+            ),
+        )
     })?;
     if request.user.is_empty() || request.user.len() > 256 {
         return Err(ApiError::new(
@@ -377,8 +412,11 @@ async fn set_pool<C: Consensus, D: Driver + 'static>(
     body: Result<Json<PoolTarget>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
-    let Json(target) = body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
-    if target.floor > target.ceiling || !(target.buffer_factor.is_finite() && target.buffer_factor >= 0.0) {
+    let Json(target) =
+        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+    if target.floor > target.ceiling
+        || !(target.buffer_factor.is_finite() && target.buffer_factor >= 0.0)
+    {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_target",
@@ -394,7 +432,9 @@ async fn tasks<C: Consensus, D: Driver + 'static>(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
-    let tasks: Vec<_> = api.coordinator.read(|state| state.tasks().cloned().collect());
+    let tasks: Vec<_> = api
+        .coordinator
+        .read(|state| state.tasks().cloned().collect());
     Ok(Json(json!({ "tasks": tasks })))
 }
 
@@ -418,7 +458,8 @@ async fn ready<C: Consensus, D: Driver + 'static>(
 ) -> Result<Response, ApiError> {
     let task = TaskId(id);
     api.authorize_task(&headers, &task)?;
-    let Json(ready) = body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+    let Json(ready) =
+        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
     let reply = api.coordinator.task_ready(&task, ready).await?;
     Ok(Json(reply).into_response())
 }
@@ -457,7 +498,8 @@ async fn released<C: Consensus, D: Driver + 'static>(
 ) -> Result<StatusCode, ApiError> {
     let task = TaskId(id);
     api.authorize_task(&headers, &task)?;
-    let Json(released) = body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+    let Json(released) =
+        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
     api.coordinator
         .task_released(&task, released.document, released.epoch, &released.reason)
         .await?;
@@ -469,12 +511,12 @@ async fn metrics_route<C: Consensus, D: Driver + 'static>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
-    let body = api.metrics.as_ref().map(|render| render()).unwrap_or_default();
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response())
+    let body = api
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 /// The router of every route in [`ROUTES`].
@@ -482,9 +524,9 @@ pub fn router<C: Consensus, D: Driver + 'static>(api: Shared<C, D>) -> Router {
     let route = |method: &str, path: &str| -> MethodRouter<Shared<C, D>> {
         match (method, path) {
             ("GET", "/healthz") => get(|| async { "ok\n" }),
-            ("GET", "/openapi.json") => get(|| async {
-                ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
-            }),
+            ("GET", "/openapi.json") => {
+                get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) })
+            }
             ("GET", "/metrics") => get(metrics_route::<C, D>),
             ("GET", "/v1/status") => get(status::<C, D>),
             ("POST", "/v1/documents/{id}/session") => post(claim::<C, D>),

@@ -106,10 +106,7 @@ impl ApiClient {
         Err(ApiClientError::Refused {
             status: status.as_u16(),
             code: body["error"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["message"]
-                .as_str()
-                .unwrap_or("no message")
-                .to_owned(),
+            message: body["message"].as_str().unwrap_or("no message").to_owned(),
             retry_after,
         })
     }

@@ -206,5 +206,7 @@ pub enum Response {
     },
     /// The command named a task or document the state does not have, or is stale (a release
     /// of an older epoch); nothing changed.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }

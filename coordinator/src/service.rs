@@ -252,7 +252,11 @@ pub fn task_secret(signing_key_der: &[u8], task: &TaskId) -> String {
 
 /// Compares two secrets without leaking where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
@@ -310,7 +314,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         let deadline = started + self.config.claim_wait;
         let mut applied = self.consensus.applied();
         loop {
-            let response = self
+            let proposed = self
                 .consensus
                 .propose(Command::Claim {
                     document: document.to_owned(),
@@ -318,7 +322,18 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     tier: tier.clone(),
                     now_ms: now_ms(),
                 })
-                .await?;
+                .await;
+            // Through an election, or when a leader's answer was lost, try again: a claim
+            // repeated after it was applied returns the same allocation.
+            let response = match proposed {
+                Ok(response) => response,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    warn!(document, "claim: {err}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
             match response {
                 Response::Claimed {
                     allocation,
@@ -475,9 +490,9 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             match state {
                 None => return Err(TaskError::UnknownTask(task.0.clone())),
                 Some(TaskState::Claimed { document, epoch }) => {
-                    let token_public_key = self.token_public_key().ok_or_else(|| {
-                        TaskError::Rejected("no signing key yet".into())
-                    })?;
+                    let token_public_key = self
+                        .token_public_key()
+                        .ok_or_else(|| TaskError::Rejected("no signing key yet".into()))?;
                     return Ok(Some(TaskAssignment {
                         document,
                         epoch,
@@ -614,7 +629,11 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         if let Response::Expired { tasks, documents } = expired
             && !tasks.is_empty()
         {
-            warn!(?tasks, ?documents, "leases ran out; those tasks are presumed dead");
+            warn!(
+                ?tasks,
+                ?documents,
+                "leases ran out; those tasks are presumed dead"
+            );
         }
         self.run_pool().await
     }
@@ -627,8 +646,8 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         let now = now_ms();
         let actions = {
             let mut pool = self.pool.lock().await;
-            let (tasks, targets): (Vec<Task>, Vec<(crate::state::PoolKey, PoolTarget)>) =
-                self.read(|state| {
+            let (tasks, targets): (Vec<Task>, Vec<(crate::state::PoolKey, PoolTarget)>) = self
+                .read(|state| {
                     (
                         state.tasks().cloned().collect(),
                         state
@@ -710,16 +729,26 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     .insert(id.clone(), started.handle.clone());
                 self.consensus
                     .propose(Command::AddTask {
-                        id,
+                        id: id.clone(),
                         region: region.clone(),
                         tier: tier.clone(),
                         version: version.clone(),
-                        driver_handle: started.handle,
+                        driver_handle: started.handle.clone(),
                         now_ms: now_ms(),
                         // Time to warm up: the node's first heartbeat is its ready.
                         lease_ms: 120_000,
                     })
                     .await?;
+                // A process that ended before its task was in the state had its exit report
+                // dropped (no task had its handle yet): look again now.
+                if !driver.alive(&started.handle).await.unwrap_or(true) {
+                    self.consensus
+                        .propose(Command::MarkDead {
+                            id,
+                            reason: "its process ended as soon as it started".into(),
+                        })
+                        .await?;
+                }
             }
             Err(err) => {
                 warn!(%region, %tier, "a task failed to start: {err}");

@@ -8,15 +8,23 @@ use airlock_coordinator::api::{OPENAPI, ROUTES};
 #[test]
 fn openapi_lists_exactly_the_served_routes() {
     let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-    assert_eq!(doc["openapi"].as_str().unwrap().split('.').next(), Some("3"));
+    assert_eq!(
+        doc["openapi"].as_str().unwrap().split('.').next(),
+        Some("3")
+    );
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
             documented.insert((method.to_uppercase(), path.clone()));
             let operation = &item[method];
-            assert!(operation["summary"].is_string(), "{method} {path} has a summary");
             assert!(
-                operation["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                operation["summary"].is_string(),
+                "{method} {path} has a summary"
+            );
+            assert!(
+                operation["responses"]
+                    .as_object()
+                    .is_some_and(|r| !r.is_empty()),
                 "{method} {path} documents its responses"
             );
             // Every path parameter is declared.

@@ -237,7 +237,9 @@ async fn run_member(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tls = TlsMaterial::from_pem_files(
         &args.tls_dir.join("ca.pem"),
         &args.tls_dir.join(format!("coordinator-{}.pem", args.id)),
-        &args.tls_dir.join(format!("coordinator-{}-key.pem", args.id)),
+        &args
+            .tls_dir
+            .join(format!("coordinator-{}-key.pem", args.id)),
     )
     .with_context(|| {
         format!(
@@ -275,7 +277,10 @@ async fn run_member(args: RunArgs) -> anyhow::Result<ExitCode> {
     let driver = if args.no_driver {
         None
     } else {
-        let tasks = args.tasks_dir.clone().unwrap_or_else(|| args.data.join("tasks"));
+        let tasks = args
+            .tasks_dir
+            .clone()
+            .unwrap_or_else(|| args.data.join("tasks"));
         let command = match &args.task_command {
             Some(command) => {
                 let (program, rest) = command

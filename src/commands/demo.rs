@@ -15,8 +15,8 @@ use airlock_protocol::token::Role;
 use airlock_protocol::{ClientMessage, Output, RunStatus, ServerMessage};
 use anyhow::{Context as _, bail};
 
-use super::render::{Renderer, describe};
 use super::dev::{DevOptions, DevRegion};
+use super::render::{Renderer, describe};
 use super::{JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +46,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     say(&format!("interpreter: {}", python.display()));
     let insecure = args.jail.config()?.is_none();
 
-    step("Starting a region on this machine: a coordinator (Raft, one member), a warm pool of 2 jailed kernels, a document store");
+    step(
+        "Starting a region on this machine: a coordinator (Raft, one member), a warm pool of 2 jailed kernels, a document store",
+    );
     let data = tempfile::tempdir().context("making a data folder")?;
     let t = Instant::now();
     let region = DevRegion::start(DevOptions {
@@ -79,7 +81,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Claims the demo document, then tours it.
 async fn tour(region: &DevRegion, round_trips: usize) -> anyhow::Result<()> {
-    step("A backend claims a session on \"demo-notebook\" (POST /v1/documents/demo-notebook/session)");
+    step(
+        "A backend claims a session on \"demo-notebook\" (POST /v1/documents/demo-notebook/session)",
+    );
     let api = ApiClient::new(&region.api_url, &region.operator_token)?;
     let t = Instant::now();
     let session = api.claim(DOC, "ada", Role::Editor).await?;

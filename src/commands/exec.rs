@@ -84,7 +84,13 @@ pub struct ConnectArgs {
     )]
     coordinator: Option<String>,
     /// The API token for --coordinator (backend or operator).
-    #[arg(global = true, long, value_name = "TOKEN", env = "AIRLOCK_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        global = true,
+        long,
+        value_name = "TOKEN",
+        env = "AIRLOCK_API_TOKEN",
+        hide_env_values = true
+    )]
     api_token: Option<String>,
     /// The document to claim a session on, with --coordinator.
     #[arg(global = true, long, value_name = "ID")]

@@ -8,10 +8,20 @@ use serde_json::Value;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Any coordinator of the region.
-    #[arg(long, value_name = "URL", env = "AIRLOCK_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AIRLOCK_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
     coordinator: String,
     /// An operator token.
-    #[arg(long, value_name = "TOKEN", env = "AIRLOCK_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AIRLOCK_API_TOKEN",
+        hide_env_values = true
+    )]
     api_token: String,
     /// Print the coordinator's JSON as it is.
     #[arg(long)]
@@ -121,7 +131,12 @@ fn one_line(value: &Value) -> String {
     match value.as_object() {
         Some(map) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" "),
         None => value.to_string(),

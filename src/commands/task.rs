@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use reqwest::StatusCode;
 
 /// How long one assignment poll waits at the coordinator.
-const ASSIGNMENT_WAIT: Duration = Duration::from_secs(25);
+const ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// A task's connection to the coordinators of its region. It talks to one coordinator at a
 /// time and moves to the next of the list when one cannot be reached, so losing a coordinator
@@ -80,7 +80,7 @@ impl TaskAgent {
             .post(self.url("ready"))
             .bearer_auth(&self.secret)
             .json(ready)
-            .timeout(Duration::from_secs(10));
+            .timeout(Duration::from_secs(3));
         let response = self.send(request).await?;
         Self::json(response, "ready").await
     }
@@ -90,7 +90,9 @@ impl TaskAgent {
             .http
             .post(self.url("heartbeat"))
             .bearer_auth(&self.secret)
-            .timeout(Duration::from_secs(5));
+            // Well inside the lease: a coordinator that hangs (paused, partitioned) must not
+            // cost the task its lease; the next heartbeat goes to another coordinator.
+            .timeout(Duration::from_millis(1500));
         let response = self.send(request).await?;
         Self::json(response, "heartbeat").await
     }
@@ -105,7 +107,7 @@ impl TaskAgent {
                 ASSIGNMENT_WAIT.as_millis()
             ))
             .bearer_auth(&self.secret)
-            .timeout(ASSIGNMENT_WAIT + Duration::from_secs(10));
+            .timeout(ASSIGNMENT_WAIT + Duration::from_secs(2));
         let response = self.send(request).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);

@@ -105,7 +105,11 @@ impl Drop for Db {
     /// A clean close makes the state machine's last (unsynced) writes durable at once, so a
     /// restart need not replay them: an empty `Immediate` commit persists every commit before it.
     fn drop(&mut self) {
-        let synced = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
+        let synced = self
+            .db
+            .begin_write()
+            .map_err(StoreError::from)
+            .and_then(|txn| Ok(txn.commit()?));
         if let Err(e) = synced {
             tracing::warn!(error = %e, "raft store: final sync failed; the log will be replayed at start");
         }
