@@ -11,6 +11,9 @@
 //!
 //! This is a benchmark, not a test: under `cargo test --benches` it does nothing.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,8 +55,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for the node to exit after SIGTERM.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest wait for the peer script (it starts five kernels and a Kernel Gateway).
-const PEER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Above this share of the CPU taken by other processes, the figures are called noisy.
 const NOISY_OTHER_CPU: f64 = 0.10;
 /// How many of the node's last stderr lines an error shows.
@@ -633,72 +634,10 @@ fn children_of(parent: u32) -> Vec<u32> {
 // ---------------------------------------------------------------------------------------------
 // Peers: plain Jupyter on this machine, in this run
 
-/// The peer script's figures, or why there are none.
-type PeerFigures = Result<Value, String>;
+use support::peer::{PeerFigures, peer_number};
 
 async fn peer() -> PeerFigures {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = manifest.join("../shared/peers/jupyter_peer_bench.py");
-    if !script.is_file() {
-        return Err(format!("{} is missing", script.display()));
-    }
-    progress("peer: preparing its Python environment (scripts/peer-venv.sh)");
-    let venv = manifest.join("target").join("peer-venv");
-    let made = Command::new("bash")
-        .arg(manifest.join("scripts").join("peer-venv.sh"))
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .map_err(|err| format!("could not run scripts/peer-venv.sh: {err}"))?;
-    if !made.status.success() {
-        return Err(format!(
-            "scripts/peer-venv.sh failed ({}); see its output above",
-            made.status
-        ));
-    }
-    let interpreter = String::from_utf8_lossy(&made.stdout)
-        .lines()
-        .last()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(PathBuf::from)
-        .ok_or("scripts/peer-venv.sh printed no interpreter")?;
-    // The script answers relative to the repository root.
-    let interpreter = manifest.join(interpreter);
-
-    progress("peer: running shared/peers/jupyter_peer_bench.py (a minute or so)");
-    let run = Command::new(&interpreter)
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(PEER_TIMEOUT, run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(err)) => return Err(format!("could not run {}: {err}", interpreter.display())),
-        Err(_) => return Err(format!("the peer script took longer than {PEER_TIMEOUT:?}")),
-    };
-    if !output.status.success() {
-        return Err(format!(
-            "the peer script failed ({}); see its output above",
-            output.status
-        ));
-    }
-    serde_json::from_slice(&output.stdout).map_err(|err| {
-        format!(
-            "the peer script's output is not JSON ({err}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
-/// `peer[a][b]` as a number.
-fn peer_number(peer: &Value, path: &[&str]) -> Option<f64> {
-    path.iter()
-        .try_fold(peer, |value, key| value.get(key))
-        .and_then(Value::as_f64)
+    support::peer::run(progress).await
 }
 
 // ---------------------------------------------------------------------------------------------

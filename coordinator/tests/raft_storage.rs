@@ -9,7 +9,7 @@ use airlock_coordinator::model::{
 };
 use airlock_coordinator::raft::storage::{self, LogStore, StateMachineStore};
 use airlock_coordinator::raft::{Peer, TypeConfig};
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
