@@ -185,19 +185,18 @@ async fn three_coordinators_propose_anywhere_fail_over_and_rejoin() {
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 if let StateEvent::Applied {
-                    command: Command::Claim { document, .. },
-                    response,
-                    ..
+                    command, response, ..
                 } = rx.recv().await.unwrap()
+                    && let Command::Claim { document, .. } = &*command
                 {
-                    return (document, response);
+                    return (document.clone(), response);
                 }
             }
         })
         .await
         .unwrap();
         assert_eq!(seen.0, "doc-a");
-        assert!(matches!(seen.1, Response::Claimed { fresh: true, .. }));
+        assert!(matches!(*seen.1, Response::Claimed { fresh: true, .. }));
     }
     // A linearizable read on any member sees the claim at once.
     for m in &members {

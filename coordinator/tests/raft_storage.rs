@@ -114,23 +114,14 @@ async fn state_log_and_snapshot_survive_reopening() {
         closed.wait().await;
     }
     let (mut log, mut sm, _closed) = storage::open(dir.path()).unwrap();
-    eprintln!("step 0");
     let (applied, membership) = sm.applied_state().await.unwrap();
-    eprintln!("step 1");
     assert_eq!(applied, Some(log_id(4)));
-    eprintln!("step 2");
     assert_eq!(membership.log_id(), &Some(log_id(1)));
-    eprintln!("step 3");
     assert_eq!(sm.read(|s| s.clone()), state_before);
-    eprintln!("step 4");
     assert_eq!(sm.read(|s| s.allocation("doc").map(|a| a.epoch)), Some(4));
-    eprintln!("step 5");
     let back = log.try_get_log_entries(1..5).await.unwrap();
-    eprintln!("step 6");
     assert_eq!(back.len(), 4);
-    eprintln!("step 7");
     assert_eq!(back[3].log_id, log_id(4));
-    eprintln!("step 8");
 
     // A snapshot of it installed on an empty store gives the same state.
     let snapshot = sm
@@ -140,26 +131,18 @@ async fn state_log_and_snapshot_survive_reopening() {
         .await
         .unwrap();
     let other = tempfile::tempdir().unwrap();
-    eprintln!("step 9");
-    let (_log2, mut sm2, _closed2) = storage::open(other.path()).unwrap();
-    eprintln!("step 10");
+    let (log2, mut sm2, closed2) = storage::open(other.path()).unwrap();
     sm2.install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await
         .unwrap();
     assert_eq!(sm2.read(|s| s.clone()), state_before);
-    eprintln!("step 11");
-    drop(sm2);
-    eprintln!("step 12");
-    _closed2.wait().await;
-    eprintln!("step 13");
+    drop((log2, sm2));
+    closed2.wait().await;
     let (_log2, mut sm2, _closed2) = storage::open(other.path()).unwrap();
-    eprintln!("step 14");
     assert_eq!(
         sm2.read(|s| s.clone()),
         state_before,
         "installed state is on disk"
     );
-    eprintln!("step 15");
     assert_eq!(sm2.applied_state().await.unwrap().0, Some(log_id(4)));
-    eprintln!("step 16");
 }

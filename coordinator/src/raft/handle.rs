@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::metrics::RaftMetrics;
+use openraft::metrics::{RaftMetrics, WaitError};
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -37,6 +37,9 @@ use crate::state::State;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long the leader waits for a new learner to receive the log before answering.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
+
 /// How fast the group notices a lost leader, and how long callers wait through an election.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -49,7 +52,7 @@ pub struct Timing {
     /// How long `propose`, `linearizable_read` and membership changes keep trying through a
     /// change of leader before giving up.
     pub propose_timeout: Duration,
-    /// openraft's deadline for installing a snapshot on a follower.
+    /// The deadline for sending a whole snapshot to a follower and installing it there.
     pub install_snapshot_timeout: Duration,
 }
 
@@ -71,7 +74,9 @@ pub struct RaftConfig {
     pub id: NodeId,
     /// Holds the log and the state machine (`coordinator.redb`); created `0700`.
     pub data_dir: PathBuf,
-    /// Where the Raft RPC listens (port 0 picks one; see [`RaftHandle::local_addr`]).
+    /// Where the Raft RPC listens (port 0 picks one; see [`RaftHandle::local_addr`]). Peers
+    /// dial the address given for this member in `initialize` or `add_learner`, kept in the
+    /// membership: a restarted member must listen there again.
     pub listen_addr: SocketAddr,
     pub tls: TlsMaterial,
     pub timing: Timing,
@@ -113,7 +118,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] OpenError),
     #[error("invalid raft timing")]
-    Timing(#[source] openraft::ConfigError),
+    Timing(#[source] Box<openraft::ConfigError>),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -125,7 +130,7 @@ pub enum StartError {
     #[error(transparent)]
     Network(#[from] NetworkSetupError),
     #[error("raft did not start")]
-    Raft(#[source] Fatal<NodeId>),
+    Raft(#[source] Box<Fatal<NodeId>>),
 }
 
 /// An error the leader reported, as text (it crossed the network).
@@ -309,7 +314,7 @@ impl RaftHandle {
             ..openraft::Config::default()
         }
         .validate()
-        .map_err(StartError::Timing)?;
+        .map_err(|e| StartError::Timing(Box::new(e)))?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|source| StartError::Listen {
@@ -330,7 +335,7 @@ impl RaftHandle {
             state_machine,
         )
         .await
-        .map_err(StartError::Raft)?;
+        .map_err(|e| StartError::Raft(Box::new(e)))?;
         let server = RpcServer::spawn(listener, server_tls, raft.clone());
         tracing::info!(id = config.id, addr = %local_addr, "raft member started");
         Ok(RaftHandle {
@@ -379,15 +384,16 @@ impl RaftHandle {
     }
 
     /// Adds a non-voting member that receives the log (from a snapshot if it is far behind),
-    /// and waits until it has caught up. Works on any coordinator.
+    /// and waits until it has received it up to its own admission. Works on any coordinator.
+    /// On a timeout the learner stays in the membership (learners do not count for quorum).
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ProposeError> {
         self.lead_or_forward(Forward::AddLearner { id, addr })
             .await
             .map(|_| ())
     }
 
-    /// Makes `voters` the voting members (learners among them are promoted; voters left out
-    /// become learners). Works on any coordinator.
+    /// Makes `voters` the voting members: learners among them are promoted, voters left out
+    /// leave the group, other learners stay learners. Works on any coordinator.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), ProposeError> {
         self.lead_or_forward(Forward::ChangeMembership { voters })
             .await
@@ -398,7 +404,7 @@ impl RaftHandle {
     /// coordinator; see the module docs of `raft` for what a retry may repeat.
     pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
         match self.lead_or_forward(Forward::Propose { command }).await? {
-            ForwardReply::Applied { response } => Ok(response),
+            ForwardReply::Applied { response } => Ok(*response),
             other => Err(unexpected(self.inner.id, &other)),
         }
     }
@@ -503,7 +509,15 @@ impl RaftHandle {
         let mut metrics = inner.raft.metrics();
         let mut hint: Option<NodeId> = None;
         loop {
-            let known = match lead(&inner.raft, request.clone()).await.map_err(stopped)? {
+            // Leader-side work can wait on a quorum (or, adding a learner, on it catching up).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let here = tokio::time::timeout(left, lead(&inner.raft, request.clone()))
+                .await
+                .map_err(|elapsed| ProposeError::Indeterminate {
+                    leader: inner.id,
+                    source: Box::new(elapsed),
+                })?;
+            let known = match here.map_err(stopped)? {
                 ForwardReply::NotLeader { leader } => hint.take().or(leader),
                 ForwardReply::Failed { message } => {
                     return Err(ProposeError::Failed {
@@ -578,11 +592,14 @@ async fn wait_leader_change(
 
 /// Leader-only work, done here: answers `NotLeader` when this member does not lead. Errors
 /// only when the member itself has stopped.
-async fn lead(raft: &Raft<TypeConfig>, request: Forward) -> Result<ForwardReply, Fatal<NodeId>> {
+async fn lead(
+    raft: &Raft<TypeConfig>,
+    request: Forward,
+) -> Result<ForwardReply, Box<Fatal<NodeId>>> {
     fn write_reply<T>(
         result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, Peer>>>,
         reply: impl FnOnce(T) -> ForwardReply,
-    ) -> Result<ForwardReply, Fatal<NodeId>> {
+    ) -> Result<ForwardReply, Box<Fatal<NodeId>>> {
         match result {
             Ok(t) => Ok(reply(t)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -593,17 +610,40 @@ async fn lead(raft: &Raft<TypeConfig>, request: Forward) -> Result<ForwardReply,
             Err(RaftError::APIError(e)) => Ok(ForwardReply::Failed {
                 message: e.to_string(),
             }),
-            Err(RaftError::Fatal(f)) => Err(f),
+            Err(RaftError::Fatal(f)) => Err(Box::new(f)),
         }
     }
     match request {
         Forward::Propose { command } => write_reply(raft.client_write(command).await, |r| {
-            ForwardReply::Applied { response: r.data }
+            ForwardReply::Applied {
+                response: Box::new(r.data),
+            }
         }),
         Forward::AddLearner { id, addr } => {
-            write_reply(raft.add_learner(id, Peer { addr }, true).await, |_| {
-                ForwardReply::Done
-            })
+            let added = match raft.add_learner(id, Peer { addr }, false).await {
+                Ok(response) => response.log_id,
+                Err(e) => return write_reply(Err::<(), _>(e), |_| ForwardReply::Done),
+            };
+            // openraft's own blocking add counts a learner within 5000 entries as caught up
+            // even when it cannot be reached; wait until it really has the change that
+            // added it (from a snapshot if the log below was purged).
+            let caught_up = raft
+                .wait(Some(LEARNER_CATCH_UP))
+                .metrics(
+                    |m| {
+                        let matched = m.replication.as_ref().and_then(|r| r.get(&id));
+                        matched.is_some_and(|matched| matched.as_ref() >= Some(&added))
+                    },
+                    "the new learner receives the log",
+                )
+                .await;
+            match caught_up {
+                Ok(_) => Ok(ForwardReply::Done),
+                Err(WaitError::ShuttingDown) => Err(Box::new(Fatal::Stopped)),
+                Err(e) => Ok(ForwardReply::Failed {
+                    message: format!("learner {id} was added but has not received the log: {e}"),
+                }),
+            }
         }
         Forward::ChangeMembership { voters } => {
             write_reply(raft.change_membership(voters, false).await, |_| {
@@ -622,7 +662,7 @@ async fn lead(raft: &Raft<TypeConfig>, request: Forward) -> Result<ForwardReply,
             Err(RaftError::APIError(e)) => Ok(ForwardReply::Failed {
                 message: e.to_string(),
             }),
-            Err(RaftError::Fatal(f)) => Err(f),
+            Err(RaftError::Fatal(f)) => Err(Box::new(f)),
         },
     }
 }
@@ -636,7 +676,7 @@ pub(crate) async fn serve_forwarded(raft: &Raft<TypeConfig>, request: Forward) -
         })
 }
 
-fn stopped(fatal: Fatal<NodeId>) -> ProposeError {
+fn stopped(fatal: impl std::error::Error + Send + Sync + 'static) -> ProposeError {
     ProposeError::Stopped(Box::new(fatal))
 }
 

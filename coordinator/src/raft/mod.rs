@@ -53,6 +53,7 @@ mod wire;
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,11 +98,12 @@ openraft::declare_raft_types!(
 /// coordinator (so each can notice, say, that a task was just claimed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateEvent {
-    /// Log entry `index` was applied: `command` gave `response`.
+    /// Log entry `index` was applied: `command` gave `response` (shared: every subscriber
+    /// receives the same event).
     Applied {
         index: u64,
-        command: Command,
-        response: Response,
+        command: Arc<Command>,
+        response: Arc<Response>,
     },
     /// A snapshot replaced the whole state up to `index` (this replica was far behind, or
     /// restarted): whatever a subscriber derived from earlier events must be re-read.

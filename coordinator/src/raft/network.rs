@@ -30,8 +30,6 @@ use super::{NodeId, Peer, TypeConfig};
 /// How long to wait for a TCP + TLS connection to a peer. Peers are on a LAN: a peer that
 /// takes longer is as good as down for an election.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A whole snapshot may be large; it gets longer than openraft's RPC deadline.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a call to a peer failed, below openraft's error types.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +218,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         vote: Vote<NodeId>,
         snapshot: Snapshot<TypeConfig>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let header = SnapshotHeader {
             vote,
@@ -236,7 +234,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 .post(format!("https://{}{}", self.addr, wire::SNAPSHOT))
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(frame)
-                .timeout(SNAPSHOT_TIMEOUT)
+                .timeout(option.hard_ttl()) // `Timing::install_snapshot_timeout`
                 .send()
                 .await
                 .map_err(CallError::from_reqwest)?;

@@ -615,8 +615,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let response = applied.state.apply(index, command.clone());
                         events.push(StateEvent::Applied {
                             index,
-                            command,
-                            response: response.clone(),
+                            command: Arc::new(command),
+                            response: Arc::new(response.clone()),
                         });
                         response
                     }

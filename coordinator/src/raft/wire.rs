@@ -43,7 +43,7 @@ pub(crate) enum Forward {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub(crate) enum ForwardReply {
     Applied {
-        response: Response,
+        response: Box<Response>,
     },
     ReadIndex {
         index: Option<u64>,
