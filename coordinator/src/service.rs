@@ -1,8 +1,8 @@
 //! The coordinator's work around the replicated state: claims, the tasks' control protocol, and
 //! the leader's duties (signing key, lease expiry, the pool through the driver).
 //!
-//! It talks to the replicated log through [`Consensus`], so the rules here are tested against an
-//! in-memory log ([`LocalLog`]) and run in production against openraft ([`crate::raft`]).
+//! It talks to the replicated log through [`Consensus`] (openraft in production, through
+//! [`crate::cluster::RaftConsensus`]), so it holds no Raft types of its own.
 //!
 //! # Claims
 //! A claim proposes [`Command::Claim`]; the state machine answers with the task that already
@@ -63,54 +63,6 @@ pub trait Consensus: Send + Sync + 'static {
 
     /// Whether this coordinator leads the region now.
     fn is_leader(&self) -> bool;
-}
-
-/// An in-memory, single-replica log: for tests of the rules above the log, and nothing else.
-#[derive(Debug)]
-pub struct LocalLog {
-    state: std::sync::Mutex<(u64, State)>,
-    applied: watch::Sender<u64>,
-}
-
-impl Default for LocalLog {
-    fn default() -> Self {
-        LocalLog {
-            state: std::sync::Mutex::new((0, State::new())),
-            applied: watch::channel(0).0,
-        }
-    }
-}
-
-impl Consensus for LocalLog {
-    async fn propose(&self, command: Command) -> Result<Response, ConsensusError> {
-        let (index, response) = {
-            let mut guard = self
-                .state
-                .lock()
-                .map_err(|_| ConsensusError::Failed("poisoned".into()))?;
-            guard.0 += 1;
-            let index = guard.0;
-            (index, guard.1.apply(index, command))
-        };
-        self.applied.send_replace(index);
-        Ok(response)
-    }
-
-    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        let guard = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&guard.1)
-    }
-
-    fn applied(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
-    fn is_leader(&self) -> bool {
-        true
-    }
 }
 
 /// One coordinator's settings.

@@ -103,9 +103,6 @@ pub struct RunArgs {
     /// Seconds a task's lease lasts after each heartbeat.
     #[arg(long, default_value_t = 5)]
     lease: u64,
-    /// Serve Prometheus metrics at /metrics.
-    #[arg(long, default_value_t = true)]
-    metrics: bool,
     #[command(flatten)]
     python: PythonArgs,
 }
@@ -249,15 +246,12 @@ async fn run_member(args: RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     let tokens = read_tokens(&args.api_token_file)?;
     let members = members(&args.members)?;
-    let metrics = if args.metrics {
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .context("installing the metrics recorder")?;
-        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || handle.render());
-        Some(render)
-    } else {
-        None
-    };
+    // Served at /metrics (operator token).
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || handle.render());
+    let metrics = Some(render);
     let mut coordinator = CoordinatorConfig::local(
         &args.region,
         args.store.clone(),
@@ -314,23 +308,8 @@ async fn run_member(args: RunArgs) -> anyhow::Result<ExitCode> {
         "coordinator {} of region {}: API http://{}  raft {}",
         args.id, args.region, running.api_addr, running.raft_addr
     );
-    wait_for_signal().await;
+    super::wait_for_signal().await;
     eprintln!("stopping coordinator {}", args.id);
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -136,26 +136,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     server::serve(
         gateway,
         listeners,
-        shutdown_signal(),
+        super::wait_for_signal(),
         Duration::from_secs(10),
     )
     .await;
     watcher.abort();
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

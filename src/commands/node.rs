@@ -185,7 +185,7 @@ async fn run_standalone(args: &Args, warm: WarmConfig) -> anyhow::Result<ExitCod
 /// Waits for a signal or for the document to stop by itself; says which.
 async fn serve_until_stopped(node: &RunningNode) -> (ExitCode, &'static str) {
     tokio::select! {
-        () = wait_for_signal() => {
+        () = super::wait_for_signal() => {
             eprintln!("shutting down: closing clients and stopping the kernel");
             (ExitCode::SUCCESS, "shutdown")
         }
@@ -225,7 +225,7 @@ async fn run_task(
     let heartbeats = tokio::spawn(agent.clone().keep_lease(lease));
     let assignment = loop {
         tokio::select! {
-            () = wait_for_signal() => {
+            () = super::wait_for_signal() => {
                 heartbeats.abort();
                 node.retire().await;
                 return Ok(ExitCode::SUCCESS);
@@ -300,19 +300,4 @@ fn announce(
     }
     eprintln!("press Ctrl-C to stop");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
