@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::audit::{AuditRecord, DeniedAnswer, Verdict};
 use crate::dial::{self, DialError};
-use crate::gateway::{Gateway, RateKey};
-use crate::host::{self, Host};
+use crate::gateway::{Gateway, RateKey, Snapshot};
+use crate::host::{self, Host, HostName};
 use crate::metrics as names;
 use crate::policy::{Denial, FlowTags, LimitExceeded, Source, TokenBucket};
 use crate::resolve::ResolveError;
@@ -258,12 +258,7 @@ impl Gateway {
         let snapshot = self.snapshot();
         let host = match &request.host {
             RequestedHost::Ip(ip) => Host::Ip(*ip),
-            RequestedHost::Text(text) => host::parse_host(text).map_err(|error| {
-                FlowFailure::Denied(Denial::BadHost {
-                    input: text.clone(),
-                    error,
-                })
-            })?,
+            RequestedHost::Text(text) => parse_requested_host(text).map_err(FlowFailure::Denied)?,
         };
         let check = snapshot
             .policy
@@ -293,10 +288,9 @@ impl Gateway {
         };
         let answers = match &host {
             Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => snapshot.resolver.lookup(name).await.map_err(|error| {
-                metrics::counter!(names::RESOLVER_ERRORS, "kind" => error.kind()).increment(1);
-                FlowFailure::Resolve(error)
-            })?,
+            Host::Name(name) => resolve(&snapshot, name)
+                .await
+                .map_err(FlowFailure::Resolve)?,
         };
         record.resolved = answers.clone();
         let selection = check.select(&answers);
@@ -518,6 +512,25 @@ async fn splice_pump(
         counter.fetch_add(n as u64, Ordering::Relaxed);
         metrics::counter!(names::BYTES, "direction" => direction).increment(n as u64);
     }
+}
+
+/// A client's host string in canonical form, or the denial every front end gives for it.
+pub(crate) fn parse_requested_host(text: &str) -> Result<Host, Denial> {
+    host::parse_host(text).map_err(|error| Denial::BadHost {
+        input: text.to_owned(),
+        error,
+    })
+}
+
+/// Looks `name` up with the snapshot's resolver, counting failures by kind. Flows and name
+/// lookups resolve through here.
+pub(crate) async fn resolve(
+    snapshot: &Snapshot,
+    name: &HostName,
+) -> Result<Vec<IpAddr>, ResolveError> {
+    snapshot.resolver.lookup(name).await.inspect_err(|error| {
+        metrics::counter!(names::RESOLVER_ERRORS, "kind" => error.kind()).increment(1);
+    })
 }
 
 fn verdict_label(verdict: Verdict) -> &'static str {

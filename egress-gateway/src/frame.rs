@@ -5,6 +5,10 @@
 //! a `Connected` reply both directions carry the flow's raw bytes until each side finishes its
 //! half; after any other reply the gateway finishes the stream.
 //!
+//! A node may instead open a stream to ask for a verdict on a DNS name: a [`NameLookup`],
+//! answered by one [`LookupReply`], after which both sides finish the stream. The two requests
+//! share the header and differ in the kind byte; [`StreamRequest::decode`] reads either.
+//!
 //! ```text
 //! FlowOpen (node → gateway)             FlowReply (gateway → node)
 //!   u8  version = 1                       u8  version = 1
@@ -19,6 +23,16 @@
 //!     u16 port (non-zero)
 //!     u8  tenant length (1..=64) + UTF-8
 //!     u8  document length (1..=128) + UTF-8
+//!
+//! NameLookup (node → gateway)           LookupReply (gateway → node)
+//!   u8  version = 1                       u8  version = 1
+//!   u8  kind = 0x03                       u8  kind = 0x04
+//!   u16 body length (≤ 512)               u16 body length (≤ 1100)
+//!   body:                                 body:
+//!     u8  name length (1..=253) + UTF-8     u8  status (see LookupStatus)
+//!     u8  tenant length (1..=64) + UTF-8    u16 reason length (≤ 1024)
+//!     u8  document length (1..=128)         reason, UTF-8
+//!         + UTF-8
 //! ```
 //!
 //! All integers are big-endian. A body must be consumed exactly. The address types are SOCKS5's.
@@ -37,7 +51,10 @@ pub const VERSION: u8 = 1;
 pub const ALPN: &[u8] = b"airlock-egress/1";
 const KIND_OPEN: u8 = 0x01;
 const KIND_REPLY: u8 = 0x02;
-const HEADER_LEN: usize = 4;
+const KIND_LOOKUP: u8 = 0x03;
+const KIND_LOOKUP_REPLY: u8 = 0x04;
+/// Every frame starts with version, kind and a big-endian `u16` body length.
+pub const HEADER_LEN: usize = 4;
 /// Largest `FlowOpen` body: 1 + 1 + 255 + 2 + 1 + 64 + 1 + 128 = 453, rounded up.
 pub const MAX_OPEN_BODY: usize = 600;
 /// Largest `FlowReply` body: 1 + 8 + 2 + 1024 = 1035, rounded up.
@@ -45,6 +62,12 @@ pub const MAX_REPLY_BODY: usize = 1100;
 pub const MAX_TENANT_LEN: usize = 64;
 pub const MAX_DOCUMENT_LEN: usize = 128;
 pub const MAX_REASON_LEN: usize = 1024;
+/// The longest name a `NameLookup` may carry (a DNS name in presentation form).
+pub const MAX_LOOKUP_NAME_LEN: usize = crate::host::MAX_NAME_LEN;
+/// Largest `NameLookup` body: 1 + 253 + 1 + 64 + 1 + 128 = 448, rounded up.
+pub const MAX_LOOKUP_BODY: usize = 512;
+/// Largest `LookupReply` body: 1 + 2 + 1024 = 1027, rounded up.
+pub const MAX_LOOKUP_REPLY_BODY: usize = 1100;
 
 /// Why bytes are not a frame. Any of these ends the stream with a `BadRequest` reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +149,69 @@ pub struct FlowReply {
     pub reason: String,
 }
 
+/// The first frame of a lookup: may `tenant`'s `document` use `name`?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameLookup {
+    /// The name as the kernel asked for it, checked by the gateway with
+    /// [`crate::host::parse_host`].
+    pub name: String,
+    pub tenant: String,
+    pub document: String,
+}
+
+/// How the gateway answered a [`NameLookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LookupStatus {
+    /// The name resolves and at least one of its addresses may be reached.
+    Found = 0,
+    /// The name does not exist or has no A/AAAA records.
+    NotFound = 1,
+    /// The policy refuses the name or every address it resolves to.
+    Denied = 2,
+    /// The gateway could not resolve the name (timeout, server failure).
+    Failed = 3,
+    /// The request was malformed, or named an address rather than a name.
+    BadRequest = 4,
+}
+
+impl TryFrom<u8> for LookupStatus {
+    type Error = FrameError;
+    fn try_from(value: u8) -> Result<Self, FrameError> {
+        Ok(match value {
+            0 => LookupStatus::Found,
+            1 => LookupStatus::NotFound,
+            2 => LookupStatus::Denied,
+            3 => LookupStatus::Failed,
+            4 => LookupStatus::BadRequest,
+            other => return Err(FrameError::Status(other)),
+        })
+    }
+}
+
+/// The gateway's answer to a [`NameLookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupReply {
+    pub status: LookupStatus,
+    /// Empty when found; otherwise the sentence to show in the cell.
+    pub reason: String,
+}
+
+/// What a node asks for on a new stream, told apart by the frame kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRequest {
+    Flow(FlowOpen),
+    Lookup(NameLookup),
+}
+
+/// Which request a stream starts with, from its header alone: lets the gateway answer even a
+/// malformed request with the matching reply frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Flow,
+    Lookup,
+}
+
 /// A cursor over a frame body.
 struct Body<'a>(&'a [u8]);
 
@@ -161,6 +247,15 @@ impl<'a> Body<'a> {
             return Err(FrameError::FieldLength(what));
         }
         self.text(len, what)
+    }
+
+    /// A `u16`-length reason of at most [`MAX_REASON_LEN`] bytes.
+    fn reason(&mut self) -> Result<String, FrameError> {
+        let len = usize::from(self.u16()?);
+        if len > MAX_REASON_LEN {
+            return Err(FrameError::FieldLength("reason"));
+        }
+        self.text(len, "reason")
     }
 
     fn finish(self) -> Result<(), FrameError> {
@@ -200,6 +295,32 @@ fn split_frame(
         Some(body) => Ok(Some((body, HEADER_LEN + len))),
         None => Ok(None),
     }
+}
+
+/// Appends `u8` length + text, refusing empty or over-`max` fields.
+fn push_short_text(
+    body: &mut Vec<u8>,
+    text: &str,
+    max: usize,
+    what: &'static str,
+) -> Result<(), FrameError> {
+    if text.is_empty() || text.len() > max || text.len() > usize::from(u8::MAX) {
+        return Err(FrameError::FieldLength(what));
+    }
+    body.push(text.len() as u8);
+    body.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Appends `u16` length + reason, cut at a character boundary to [`MAX_REASON_LEN`].
+fn push_reason(body: &mut Vec<u8>, reason: &str) {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason[..end];
+    body.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    body.extend_from_slice(reason.as_bytes());
 }
 
 fn with_header(kind: u8, body: Vec<u8>) -> Vec<u8> {
@@ -283,16 +404,8 @@ impl FlowOpen {
             return Err(FrameError::ZeroPort);
         }
         body.extend_from_slice(&self.port.to_be_bytes());
-        for (text, max, what) in [
-            (&self.tenant, MAX_TENANT_LEN, "tenant"),
-            (&self.document, MAX_DOCUMENT_LEN, "document"),
-        ] {
-            if text.is_empty() || text.len() > max {
-                return Err(FrameError::FieldLength(what));
-            }
-            body.push(text.len() as u8);
-            body.extend_from_slice(text.as_bytes());
-        }
+        push_short_text(&mut body, &self.tenant, MAX_TENANT_LEN, "tenant")?;
+        push_short_text(&mut body, &self.document, MAX_DOCUMENT_LEN, "document")?;
         Ok(with_header(KIND_OPEN, body))
     }
 }
@@ -309,11 +422,7 @@ impl FlowReply {
         let flow = u64::from_be_bytes([
             flow[0], flow[1], flow[2], flow[3], flow[4], flow[5], flow[6], flow[7],
         ]);
-        let len = usize::from(body.u16()?);
-        if len > MAX_REASON_LEN {
-            return Err(FrameError::FieldLength("reason"));
-        }
-        let reason = body.text(len, "reason")?;
+        let reason = body.reason()?;
         body.finish()?;
         Ok(Some((
             FlowReply {
@@ -327,20 +436,107 @@ impl FlowReply {
 
     /// Encodes the reply; a reason over the limit is cut at a character boundary.
     pub fn encode(&self) -> Vec<u8> {
-        let mut reason = self.reason.as_str();
-        if reason.len() > MAX_REASON_LEN {
-            let mut end = MAX_REASON_LEN;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason = &reason[..end];
-        }
-        let mut body = Vec::with_capacity(11 + reason.len());
+        let mut body = Vec::with_capacity(11 + self.reason.len().min(MAX_REASON_LEN));
         body.push(self.status as u8);
         body.extend_from_slice(&self.flow.to_be_bytes());
-        body.extend_from_slice(&(reason.len() as u16).to_be_bytes());
-        body.extend_from_slice(reason.as_bytes());
+        push_reason(&mut body, &self.reason);
         with_header(KIND_REPLY, body)
+    }
+}
+
+impl NameLookup {
+    /// Decodes one `NameLookup` from the start of `buf`; returns it and the bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(NameLookup, usize)>, FrameError> {
+        let Some((body, used)) = split_frame(buf, KIND_LOOKUP, MAX_LOOKUP_BODY)? else {
+            return Ok(None);
+        };
+        let mut body = Body(body);
+        let len = usize::from(body.u8()?);
+        if len == 0 {
+            return Err(FrameError::EmptyName);
+        }
+        if len > MAX_LOOKUP_NAME_LEN {
+            return Err(FrameError::FieldLength("name"));
+        }
+        let name = body.text(len, "name")?;
+        let tenant = body.short_text(MAX_TENANT_LEN, "tenant")?;
+        let document = body.short_text(MAX_DOCUMENT_LEN, "document")?;
+        body.finish()?;
+        Ok(Some((
+            NameLookup {
+                name,
+                tenant,
+                document,
+            },
+            used,
+        )))
+    }
+
+    /// Encodes the frame; fails if a field is empty or over its limit.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        if self.name.is_empty() {
+            return Err(FrameError::EmptyName);
+        }
+        let mut body = Vec::with_capacity(3 + self.name.len() + 64);
+        push_short_text(&mut body, &self.name, MAX_LOOKUP_NAME_LEN, "name")?;
+        push_short_text(&mut body, &self.tenant, MAX_TENANT_LEN, "tenant")?;
+        push_short_text(&mut body, &self.document, MAX_DOCUMENT_LEN, "document")?;
+        Ok(with_header(KIND_LOOKUP, body))
+    }
+}
+
+impl LookupReply {
+    /// Decodes one `LookupReply` from the start of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<Option<(LookupReply, usize)>, FrameError> {
+        let Some((body, used)) = split_frame(buf, KIND_LOOKUP_REPLY, MAX_LOOKUP_REPLY_BODY)? else {
+            return Ok(None);
+        };
+        let mut body = Body(body);
+        let status = LookupStatus::try_from(body.u8()?)?;
+        let reason = body.reason()?;
+        body.finish()?;
+        Ok(Some((LookupReply { status, reason }, used)))
+    }
+
+    /// Encodes the reply; a reason over the limit is cut at a character boundary.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(3 + self.reason.len().min(MAX_REASON_LEN));
+        body.push(self.status as u8);
+        push_reason(&mut body, &self.reason);
+        with_header(KIND_LOOKUP_REPLY, body)
+    }
+}
+
+impl StreamRequest {
+    /// Which request `buf` starts: `None` until the version and kind bytes are in and valid.
+    pub fn kind_of(buf: &[u8]) -> Option<RequestKind> {
+        match buf {
+            [VERSION, KIND_OPEN, ..] => Some(RequestKind::Flow),
+            [VERSION, KIND_LOOKUP, ..] => Some(RequestKind::Lookup),
+            _ => None,
+        }
+    }
+
+    /// Decodes whichever request starts `buf` (a reply kind is [`FrameError::Kind`]).
+    pub fn decode(buf: &[u8]) -> Result<Option<(StreamRequest, usize)>, FrameError> {
+        match buf {
+            [] | [VERSION] => Ok(None),
+            [VERSION, KIND_OPEN, ..] => {
+                Ok(FlowOpen::decode(buf)?.map(|(open, used)| (StreamRequest::Flow(open), used)))
+            }
+            [VERSION, KIND_LOOKUP, ..] => Ok(NameLookup::decode(buf)?
+                .map(|(lookup, used)| (StreamRequest::Lookup(lookup), used))),
+            [VERSION, kind, ..] => Err(FrameError::Kind(*kind)),
+            [version, ..] => Err(FrameError::Version(*version)),
+        }
+    }
+
+    /// Encodes the request's frame.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        match self {
+            StreamRequest::Flow(open) => open.encode(),
+            StreamRequest::Lookup(lookup) => lookup.encode(),
+        }
     }
 }
 
@@ -394,6 +590,112 @@ mod tests {
         assert_eq!(
             FlowOpen::decode(&[1, 1, 0, 8, 1, 127, 0, 0, 1, 0, 80, 0]),
             Err(FrameError::FieldLength("tenant"))
+        );
+    }
+
+    #[test]
+    fn lookups_round_trip_and_are_told_apart_from_flows() {
+        let lookup = NameLookup {
+            name: "example.com".to_owned(),
+            tenant: "acme".to_owned(),
+            document: "doc-1".to_owned(),
+        };
+        let bytes = lookup.encode().unwrap();
+        assert_eq!(&bytes[..2], &[VERSION, KIND_LOOKUP]);
+        for cut in 0..bytes.len() {
+            assert_eq!(NameLookup::decode(&bytes[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(
+                StreamRequest::decode(&bytes[..cut]),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            NameLookup::decode(&bytes),
+            Ok(Some((lookup.clone(), bytes.len())))
+        );
+        assert_eq!(StreamRequest::kind_of(&bytes), Some(RequestKind::Lookup));
+        assert_eq!(
+            StreamRequest::decode(&bytes),
+            Ok(Some((StreamRequest::Lookup(lookup), bytes.len())))
+        );
+        // Each decoder refuses the other's frame by its kind byte.
+        assert_eq!(FlowOpen::decode(&bytes), Err(FrameError::Kind(KIND_LOOKUP)));
+
+        let open = FlowOpen {
+            host: TargetHost::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            port: 80,
+            tenant: "acme".to_owned(),
+            document: "doc-1".to_owned(),
+        };
+        let bytes = open.encode().unwrap();
+        assert_eq!(NameLookup::decode(&bytes), Err(FrameError::Kind(KIND_OPEN)));
+        assert_eq!(StreamRequest::kind_of(&bytes), Some(RequestKind::Flow));
+        assert_eq!(
+            StreamRequest::decode(&bytes),
+            Ok(Some((StreamRequest::Flow(open), bytes.len())))
+        );
+
+        for status in [
+            LookupStatus::Found,
+            LookupStatus::NotFound,
+            LookupStatus::Denied,
+            LookupStatus::Failed,
+            LookupStatus::BadRequest,
+        ] {
+            let reply = LookupReply {
+                status,
+                reason: "denied: example.com matches the tenant's deny rule *.com".to_owned(),
+            };
+            let bytes = reply.encode();
+            assert_eq!(LookupReply::decode(&bytes), Ok(Some((reply, bytes.len()))));
+            assert_eq!(
+                FlowReply::decode(&bytes),
+                Err(FrameError::Kind(KIND_LOOKUP_REPLY))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_lookups_are_named() {
+        let name = |name: &str| NameLookup {
+            name: name.to_owned(),
+            tenant: "t".to_owned(),
+            document: "d".to_owned(),
+        };
+        assert_eq!(name("").encode(), Err(FrameError::EmptyName));
+        assert_eq!(
+            name(&"a".repeat(254)).encode(),
+            Err(FrameError::FieldLength("name"))
+        );
+        assert!(name(&"a".repeat(253)).encode().is_ok());
+        assert_eq!(
+            NameLookup::decode(&[1, 3, 0, 1, 0]),
+            Err(FrameError::EmptyName)
+        );
+        assert_eq!(
+            NameLookup::decode(&[1, 3, 0, 1, 254]),
+            Err(FrameError::FieldLength("name"))
+        );
+        assert_eq!(
+            NameLookup::decode(&[1, 3, 0x02, 0x01]),
+            Err(FrameError::TooLong(513))
+        );
+        assert_eq!(
+            NameLookup::decode(&[1, 3, 0, 3, 1, b'a', 0]),
+            Err(FrameError::FieldLength("tenant"))
+        );
+        assert_eq!(
+            NameLookup::decode(&[1, 3, 0, 2, 1, 0xff]),
+            Err(FrameError::NotUtf8("name"))
+        );
+        assert_eq!(StreamRequest::decode(&[1, 2]), Err(FrameError::Kind(2)));
+        assert_eq!(StreamRequest::decode(&[1, 4]), Err(FrameError::Kind(4)));
+        assert_eq!(StreamRequest::decode(&[9]), Err(FrameError::Version(9)));
+        assert_eq!(StreamRequest::kind_of(&[1, 2, 0, 0]), None);
+        assert_eq!(
+            LookupReply::decode(&[1, 4, 0, 3, 5, 0, 0]),
+            Err(FrameError::Status(5))
         );
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - Front ends, each identifying the tenant and document its own way:
 //!   - [`tunnel`]: QUIC from nodes (mutual TLS; tenant from the node's certificate and config),
-//!     one stream per flow, framed by [`frame`]. [`tunnel::TunnelClient`] is the node's side.
+//!     one stream per flow or name lookup, framed by [`frame`]. [`tunnel::TunnelClient`] is
+//!     the node's side.
 //!   - [`connect`]: HTTP CONNECT, proxy credentials → tenant/document.
 //!   - [`socks`]: SOCKS5 (RFC 1928, CONNECT only; RFC 1929 credentials), codec in
 //!     [`socks::codec`].
@@ -15,6 +16,8 @@
 //!   (non-canonical numeric forms such as `0x7f.1`).
 //! - [`flow`]: the one path every flow takes: policy, limits, resolve once, classify, dial,
 //!   relay, audit.
+//! - [`lookup`]: a node's question about a DNS name (tunnel only): the flow's policy, resolver
+//!   and classification, answered with a verdict instead of a connection.
 //! - [`policy`]: the sans-IO decision core (address classes in [`policy::address`], rule parts
 //!   in [`policy::rules`], limits in [`policy::limits`]).
 //! - [`resolve`]: hickory's in-process resolver at configured upstreams.
@@ -24,7 +27,8 @@
 //!   [`server`]: listeners, accept loops, shutdown, SIGHUP/file-watch reload.
 //!
 //! What this crate does not do: redirect a kernel's connections (the node does that and uses
-//! [`tunnel::TunnelClient`]), answer DNS for kernels, or proxy plain HTTP requests.
+//! [`tunnel::TunnelClient`]), answer DNS for kernels (the node does, asking
+//! [`tunnel::TunnelClient::lookup`] for a verdict), or proxy plain HTTP requests.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -35,6 +39,7 @@ pub mod flow;
 pub mod frame;
 pub mod gateway;
 pub mod host;
+pub mod lookup;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;

@@ -22,3 +22,6 @@ pub const MIXED_ANSWERS: &str = "airlock_egress_mixed_answers_total";
 pub const RELOADS: &str = "airlock_egress_config_reloads_total";
 /// Counter: tunnel connections refused at the handshake or by the node table, labelled `why`.
 pub const TUNNEL_REFUSED: &str = "airlock_egress_tunnel_refused_total";
+/// Counter: name lookups from nodes, labelled `verdict` (found/not_found/denied/failed/
+/// bad_request).
+pub const LOOKUPS: &str = "airlock_egress_lookups_total";

@@ -10,8 +10,13 @@
 //! (which document it serves, for whom), never from anything the kernel could write; the kernel
 //! can only choose the destination.
 //!
+//! A stream may instead carry a name lookup ([`crate::frame::NameLookup`]): the node asks
+//! whether a document may use a DNS name, authenticated for the tenant exactly as a flow, and
+//! gets a verdict ([`crate::lookup`]) in one [`crate::frame::LookupReply`].
+//!
 //! [`TunnelClient`] is the node's side: `connect` once, then `open_flow` per redirected TCP
-//! connection, and copy bytes both ways on the returned [`TunnelFlow`].
+//! connection, and copy bytes both ways on the returned [`TunnelFlow`]; `lookup` per DNS
+//! question of the kernel. Clones share the one connection.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,8 +31,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::TunnelSection;
 use crate::flow::{FlowFailure, FlowRequest, FrontEnd, RequestedHost};
-use crate::frame::{self, FlowOpen, FlowReply, FrameError, ReplyStatus, TargetHost};
+use crate::frame::{
+    self, FlowOpen, FlowReply, FrameError, HEADER_LEN, LookupReply, LookupStatus, NameLookup,
+    ReplyStatus, RequestKind, StreamRequest, TargetHost,
+};
 use crate::gateway::Gateway;
+use crate::lookup::{LookupRequest, LookupVerdict, count_lookup};
 use crate::metrics as names;
 use crate::policy::FlowTags;
 
@@ -233,27 +242,52 @@ async fn serve_node(gateway: Gateway, connection: quinn::Connection) {
     }
 }
 
-/// Reads one `FlowOpen` (header, then exactly its body).
-async fn read_open(recv: &mut quinn::RecvStream) -> Result<FlowOpen, String> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|error| error.to_string())?;
-    // Check version, kind and length before reading the body.
-    if let Err(error) = FlowOpen::decode(&header) {
-        return Err(error.to_string());
-    }
+/// Why a frame could not be read off a stream.
+#[derive(Debug, thiserror::Error)]
+enum ReadFrameError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Read(#[from] quinn::ReadExactError),
+}
+
+/// Reads one frame: its header, then exactly the body the header announces.
+async fn read_frame<T>(
+    recv: &mut quinn::RecvStream,
+    decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
+) -> Result<T, ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header).await?;
+    finish_frame(recv, header, decode).await
+}
+
+/// Reads the body after `header`; `decode` checks version, kind and length first.
+async fn finish_frame<T>(
+    recv: &mut quinn::RecvStream,
+    header: [u8; HEADER_LEN],
+    decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
+) -> Result<T, ReadFrameError> {
+    decode(&header)?;
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&header);
-    recv.read_exact(&mut frame[4..])
-        .await
-        .map_err(|error| error.to_string())?;
-    match FlowOpen::decode(&frame) {
-        Ok(Some((open, _))) => Ok(open),
-        Ok(None) => Err(FrameError::Truncated.to_string()),
-        Err(error) => Err(error.to_string()),
+    let mut frame = vec![0u8; HEADER_LEN + len];
+    frame[..HEADER_LEN].copy_from_slice(&header);
+    recv.read_exact(&mut frame[HEADER_LEN..]).await?;
+    match decode(&frame)? {
+        Some((value, _)) => Ok(value),
+        None => Err(FrameError::Truncated.into()),
     }
+}
+
+/// Reads a stream's request; `kind` learns what it was meant to be as soon as the header says,
+/// so that even a malformed request gets the matching reply frame.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    kind: &mut Option<RequestKind>,
+) -> Result<StreamRequest, ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header).await?;
+    *kind = StreamRequest::kind_of(&header);
+    finish_frame(recv, header, StreamRequest::decode).await
 }
 
 async fn reply(send: &mut quinn::SendStream, status: ReplyStatus, flow: u64, reason: String) {
@@ -268,6 +302,14 @@ async fn reply(send: &mut quinn::SendStream, status: ReplyStatus, flow: u64, rea
     }
 }
 
+/// Answers a lookup and ends the stream.
+async fn lookup_reply(send: &mut quinn::SendStream, status: LookupStatus, reason: String) {
+    let bytes = LookupReply { status, reason }.encode();
+    if send.write_all(&bytes).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
 async fn serve_stream(
     gateway: Gateway,
     node: String,
@@ -276,29 +318,46 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     let timeout = gateway.snapshot().config.handshake_timeout();
-    let open = match tokio::time::timeout(timeout, read_open(&mut recv)).await {
-        Ok(Ok(open)) => open,
-        Ok(Err(error)) => {
-            reply(
-                &mut send,
-                ReplyStatus::BadRequest,
-                0,
-                format!("bad flow frame: {error}"),
-            )
-            .await;
-            return;
+    let mut kind = None;
+    let read = tokio::time::timeout(timeout, read_request(&mut recv, &mut kind)).await;
+    let failure = match read {
+        Ok(Ok(StreamRequest::Flow(open))) => {
+            return serve_flow(gateway, node, remote, open, send, recv).await;
         }
-        Err(_) => {
-            reply(
-                &mut send,
-                ReplyStatus::BadRequest,
-                0,
-                "no flow frame in time".to_owned(),
-            )
-            .await;
-            return;
+        Ok(Ok(StreamRequest::Lookup(lookup))) => {
+            return serve_lookup(gateway, node, lookup, send).await;
         }
+        Ok(Err(error)) => Some(error),
+        Err(_) => None,
     };
+    match (kind, failure) {
+        (Some(RequestKind::Lookup), failure) => {
+            let reason = match failure {
+                Some(error) => format!("bad lookup frame: {error}"),
+                None => "no lookup frame in time".to_owned(),
+            };
+            metrics::counter!(names::LOOKUPS, "verdict" => "bad_request").increment(1);
+            lookup_reply(&mut send, LookupStatus::BadRequest, reason).await;
+        }
+        (_, Some(error)) => {
+            let reason = format!("bad flow frame: {error}");
+            reply(&mut send, ReplyStatus::BadRequest, 0, reason).await;
+        }
+        (_, None) => {
+            let reason = "no flow frame in time".to_owned();
+            reply(&mut send, ReplyStatus::BadRequest, 0, reason).await;
+        }
+    }
+}
+
+async fn serve_flow(
+    gateway: Gateway,
+    node: String,
+    remote: SocketAddr,
+    open: FlowOpen,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
     if !gateway.snapshot().nodes.may_serve(&node, &open.tenant) {
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
         tracing::warn!(
@@ -344,6 +403,41 @@ async fn serve_stream(
             reply(&mut send, status, refused.flow, refused.failure.to_string()).await;
         }
     }
+}
+
+/// Decides a name lookup for a node that may speak for the tenant, and answers it.
+async fn serve_lookup(
+    gateway: Gateway,
+    node: String,
+    lookup: NameLookup,
+    mut send: quinn::SendStream,
+) {
+    let verdict = if gateway.snapshot().nodes.may_serve(&node, &lookup.tenant) {
+        gateway
+            .lookup(LookupRequest {
+                tags: FlowTags {
+                    tenant: lookup.tenant,
+                    document: lookup.document,
+                },
+                name: lookup.name,
+                node: Some(node),
+            })
+            .await
+    } else {
+        metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
+        tracing::warn!(
+            node,
+            tenant = lookup.tenant,
+            "node may not look up names for this tenant"
+        );
+        let verdict = LookupVerdict::TenantRefused {
+            node,
+            tenant: lookup.tenant,
+        };
+        count_lookup(&verdict);
+        verdict
+    };
+    lookup_reply(&mut send, verdict.status(), verdict.to_string()).await;
 }
 
 /// Where a node wants a flow to go.
@@ -403,8 +497,61 @@ pub enum OpenFlowError {
     Read(#[from] quinn::ReadExactError),
 }
 
-/// A node's connection to the gateway.
-#[derive(Debug)]
+/// The gateway's verdict on a name a node looked up ([`TunnelClient::lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// The name resolves and the document may reach it (on some port): answer the kernel, then
+    /// open flows with [`Destination::name`].
+    Found,
+    /// No such name, or no A/AAAA records; `reason` is the sentence to show in the cell.
+    NotFound { reason: String },
+    /// The policy refuses the name (or every address it resolves to), or the node may not
+    /// speak for the tenant; `reason` is the sentence to show in the cell.
+    Denied { reason: String },
+}
+
+/// Why a lookup got no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The gateway could not decide: its resolver failed ([`LookupStatus::Failed`]) or it
+    /// refused the request as malformed ([`LookupStatus::BadRequest`]).
+    #[error("{reason}")]
+    Unanswered {
+        status: LookupStatus,
+        reason: String,
+    },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the tunnel is down: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("writing to the tunnel failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("reading from the tunnel failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+}
+
+impl From<ReadFrameError> for OpenFlowError {
+    fn from(error: ReadFrameError) -> Self {
+        match error {
+            ReadFrameError::Frame(error) => OpenFlowError::Frame(error),
+            ReadFrameError::Read(error) => OpenFlowError::Read(error),
+        }
+    }
+}
+
+impl From<ReadFrameError> for LookupError {
+    fn from(error: ReadFrameError) -> Self {
+        match error {
+            ReadFrameError::Frame(error) => LookupError::Frame(error),
+            ReadFrameError::Read(error) => LookupError::Read(error),
+        }
+    }
+}
+
+/// A node's connection to the gateway. Clone it freely: clones share the one QUIC connection
+/// (each flow or lookup is a stream of it), so every task serving a redirected connection or
+/// a DNS question can hold its own; [`TunnelClient::close`] closes it for all of them.
+#[derive(Debug, Clone)]
 pub struct TunnelClient {
     _endpoint: quinn::Endpoint,
     connection: quinn::Connection,
@@ -459,19 +606,7 @@ impl TunnelClient {
         .encode()?;
         let (mut send, mut recv) = self.connection.open_bi().await?;
         send.write_all(&frame).await?;
-        let mut header = [0u8; 4];
-        recv.read_exact(&mut header).await?;
-        if let Err(error) = FlowReply::decode(&header) {
-            return Err(error.into());
-        }
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let mut bytes = vec![0u8; 4 + len];
-        bytes[..4].copy_from_slice(&header);
-        recv.read_exact(&mut bytes[4..]).await?;
-        let reply = match FlowReply::decode(&bytes)? {
-            Some((reply, _)) => reply,
-            None => return Err(FrameError::Truncated.into()),
-        };
+        let reply = read_frame(&mut recv, FlowReply::decode).await?;
         if reply.status != ReplyStatus::Connected {
             return Err(OpenFlowError::Refused {
                 status: reply.status,
@@ -486,7 +621,45 @@ impl TunnelClient {
         })
     }
 
-    /// Closes the tunnel (open flows end).
+    /// Asks whether `document` of `tenant` may use the DNS name `name`, as the gateway's
+    /// resolver sees it now. The answer is a verdict, not addresses: a node answers the kernel
+    /// with addresses of its own and opens flows by name; each flow is still checked when it
+    /// opens (with its port).
+    pub async fn lookup(
+        &self,
+        name: &str,
+        document: &str,
+        tenant: &str,
+    ) -> Result<LookupAnswer, LookupError> {
+        let frame = NameLookup {
+            name: name.to_owned(),
+            tenant: tenant.to_owned(),
+            document: document.to_owned(),
+        }
+        .encode()?;
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        send.write_all(&frame).await?;
+        // Nothing more to say; if the stream is already gone, reading the reply says why.
+        let _ = send.finish();
+        let reply = read_frame(&mut recv, LookupReply::decode).await?;
+        match reply.status {
+            LookupStatus::Found => Ok(LookupAnswer::Found),
+            LookupStatus::NotFound => Ok(LookupAnswer::NotFound {
+                reason: reply.reason,
+            }),
+            LookupStatus::Denied => Ok(LookupAnswer::Denied {
+                reason: reply.reason,
+            }),
+            status @ (LookupStatus::Failed | LookupStatus::BadRequest) => {
+                Err(LookupError::Unanswered {
+                    status,
+                    reason: reply.reason,
+                })
+            }
+        }
+    }
+
+    /// Closes the tunnel for every clone (open flows end).
     pub fn close(&self) {
         self.connection.close(quinn::VarInt::from_u32(0), b"bye");
     }

@@ -1,4 +1,5 @@
-//! Property tests of every decoder of untrusted bytes in the gateway: tunnel frames, host
+//! Property tests of every decoder of untrusted bytes in the gateway: tunnel frames (flows and
+//! name lookups), host
 //! strings, SOCKS5 messages and CONNECT heads. They never panic, never claim more bytes than
 //! they were given or than their limit, round-trip what the encoders write, and keep their
 //! canonical forms canonical. The same decoders are fuzzed in `fuzz/`.
@@ -8,8 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use airlock_egress::connect::{MAX_HEAD, decode_head};
 use airlock_egress::frame::{
-    FlowOpen, FlowReply, MAX_DOCUMENT_LEN, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY,
-    MAX_TENANT_LEN, ReplyStatus, TargetHost,
+    FlowOpen, FlowReply, LookupReply, LookupStatus, MAX_DOCUMENT_LEN, MAX_LOOKUP_BODY,
+    MAX_LOOKUP_NAME_LEN, MAX_LOOKUP_REPLY_BODY, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY,
+    MAX_TENANT_LEN, NameLookup, ReplyStatus, StreamRequest, TargetHost,
 };
 use airlock_egress::host::{Host, MAX_NAME_LEN, parse_authority, parse_host};
 use airlock_egress::socks::codec::{decode_greeting, decode_request, decode_userpass};
@@ -38,8 +40,98 @@ fn flow_open() -> impl Strategy<Value = FlowOpen> {
         })
 }
 
+fn name_lookup() -> impl Strategy<Value = NameLookup> {
+    (
+        proptest::string::string_regex(&format!("[a-z0-9.-]{{1,{MAX_LOOKUP_NAME_LEN}}}")).unwrap(),
+        proptest::string::string_regex(&format!("[a-z0-9-]{{1,{MAX_TENANT_LEN}}}")).unwrap(),
+        proptest::string::string_regex(&format!("[a-zA-Z0-9_-]{{1,{MAX_DOCUMENT_LEN}}}")).unwrap(),
+    )
+        .prop_map(|(name, tenant, document)| NameLookup {
+            name,
+            tenant,
+            document,
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn name_lookup_round_trips_and_needs_every_byte(lookup in name_lookup(), extra in proptest::collection::vec(any::<u8>(), 0..8)) {
+        let bytes = lookup.encode().unwrap();
+        prop_assert!(bytes.len() <= 4 + MAX_LOOKUP_BODY);
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert_eq!(NameLookup::decode(&longer), Ok(Some((lookup.clone(), bytes.len()))));
+        prop_assert_eq!(StreamRequest::decode(&longer), Ok(Some((StreamRequest::Lookup(lookup), bytes.len()))));
+        for cut in 0..bytes.len() {
+            prop_assert_eq!(NameLookup::decode(&bytes[..cut]), Ok(None));
+            prop_assert_eq!(StreamRequest::decode(&bytes[..cut]), Ok(None));
+        }
+    }
+
+    #[test]
+    fn stream_requests_decode_any_bytes_within_limits(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        if let Ok(Some((lookup, used))) = NameLookup::decode(&bytes) {
+            prop_assert!(used <= bytes.len() && used <= 4 + MAX_LOOKUP_BODY);
+            prop_assert!(!lookup.name.is_empty() && lookup.name.len() <= MAX_LOOKUP_NAME_LEN);
+            prop_assert!(!lookup.tenant.is_empty() && lookup.tenant.len() <= MAX_TENANT_LEN);
+            prop_assert!(!lookup.document.is_empty() && lookup.document.len() <= MAX_DOCUMENT_LEN);
+            prop_assert_eq!(lookup.encode().unwrap(), bytes[..used].to_vec());
+        }
+        match StreamRequest::decode(&bytes) {
+            Ok(Some((request, used))) => {
+                prop_assert!(used <= bytes.len() && used <= 4 + MAX_OPEN_BODY.max(MAX_LOOKUP_BODY));
+                prop_assert_eq!(request.encode().unwrap(), bytes[..used].to_vec());
+                prop_assert!(StreamRequest::kind_of(&bytes).is_some());
+            }
+            // "Need more" only while the frame the header announces is not all there.
+            Ok(None) => {
+                let announced = bytes
+                    .get(2..4)
+                    .map(|len| 4 + usize::from(u16::from_be_bytes([len[0], len[1]])));
+                prop_assert!(announced.is_none_or(|whole| bytes.len() < whole));
+            }
+            Err(_) => {}
+        }
+    }
+
+    #[test]
+    fn name_lookup_with_a_valid_header_and_random_body(body in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let mut bytes = vec![1, 3];
+        bytes.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        let result = NameLookup::decode(&bytes);
+        if body.len() > MAX_LOOKUP_BODY {
+            prop_assert!(result.is_err());
+        } else {
+            prop_assert!(!matches!(result, Ok(None)), "a whole frame is never 'need more'");
+        }
+    }
+
+    #[test]
+    fn lookup_reply_round_trips(status in 0u8..5, reason in ".{0,300}") {
+        let reply = LookupReply { status: LookupStatus::try_from(status).unwrap(), reason };
+        let bytes = reply.encode();
+        prop_assert!(bytes.len() <= 4 + MAX_LOOKUP_REPLY_BODY);
+        prop_assert_eq!(LookupReply::decode(&bytes), Ok(Some((reply, bytes.len()))));
+    }
+
+    #[test]
+    fn lookup_reply_decodes_any_bytes_within_limits(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        if let Ok(Some((reply, used))) = LookupReply::decode(&bytes) {
+            prop_assert!(used <= bytes.len() && used <= 4 + MAX_LOOKUP_REPLY_BODY);
+            prop_assert!(reply.reason.len() <= MAX_REASON_LEN);
+            prop_assert_eq!(reply.encode(), bytes[..used].to_vec());
+        }
+    }
+
+    #[test]
+    fn long_lookup_reasons_are_cut_on_a_character_boundary(reason in "[a-zé€]{300,1500}") {
+        let bytes = LookupReply { status: LookupStatus::Denied, reason }.encode();
+        let (decoded, _) = LookupReply::decode(&bytes).unwrap().unwrap();
+        prop_assert!(decoded.reason.len() <= MAX_REASON_LEN);
+    }
 
     #[test]
     fn flow_open_round_trips_and_needs_every_byte(open in flow_open(), extra in proptest::collection::vec(any::<u8>(), 0..8)) {

@@ -1,5 +1,6 @@
 //! The gateway end to end over loopback, with real sockets: our own DNS server, echo and HTTP
-//! servers, and the gateway's three front ends (SOCKS5, CONNECT, QUIC tunnel).
+//! servers, and the gateway's three front ends (SOCKS5, CONNECT, QUIC tunnel, whose name
+//! lookups are tested here too).
 //!
 //! The test servers listen on 127.0.0.1, which the policy denies (loopback) unless a tenant
 //! carves it out; tenants `alpha` and `beta` carve out exactly the test servers' ports, and
@@ -15,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use airlock_egress::Config;
 use airlock_egress::audit::Verdict;
+use airlock_egress::frame::LookupStatus;
 use airlock_egress::frame::ReplyStatus;
-use airlock_egress::tunnel::{Destination, OpenFlowError, TunnelClient, TunnelClientConfig};
+use airlock_egress::tunnel::{
+    Destination, LookupAnswer, LookupError, OpenFlowError, TunnelClient, TunnelClientConfig,
+};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -103,7 +107,7 @@ client_ca = "{ca}"
 
 [[nodes]]
 name = "node-1.airlock"
-tenants = ["alpha"]
+tenants = ["alpha", "closed"]
 
 [[tenants]]
 name = "alpha"
@@ -597,6 +601,134 @@ async fn the_tunnel_carries_flows_for_authenticated_nodes_only() {
                 .is_err()
         );
     }
+}
+
+/// A sentence for a cell: more than a word, ending without a dangling separator.
+fn assert_sentence(reason: &str) {
+    assert!(
+        reason.split_whitespace().count() >= 4 && !reason.ends_with([':', ',', ';']),
+        "not a sentence: {reason:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tunnel_answers_name_lookups_with_a_verdict() {
+    let mut world = World::new().await;
+    let mut gw = TestGateway::start(&world.config("")).await;
+    let client = TunnelClient::connect(TunnelClientConfig {
+        gateway: gw.addrs.tunnel.unwrap(),
+        server_name: "gateway.airlock".to_owned(),
+        gateway_roots: vec![world.certs.ca_der.clone()],
+        identity: world.certs.node_identity("node-1.airlock"),
+    })
+    .await
+    .unwrap();
+    let lookup = |name: &'static str, tenant: &'static str| {
+        // Clones share the connection: each lookup runs on its own task, as a node's would.
+        let client = client.clone();
+        tokio::spawn(async move { client.lookup(name, "doc-t", tenant).await })
+    };
+    let denied = |answer: LookupAnswer| match answer {
+        LookupAnswer::Denied { reason } => {
+            assert_sentence(&reason);
+            reason
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    };
+
+    // Found: echo.test answers 127.0.0.1, which alpha carves out (for the test servers' ports).
+    let found = lookup("echo.test", "alpha");
+    let found_upper = lookup("ECHO.test.", "alpha");
+    assert_eq!(found.await.unwrap().unwrap(), LookupAnswer::Found);
+    assert_eq!(found_upper.await.unwrap().unwrap(), LookupAnswer::Found);
+
+    // Not found: NXDOMAIN from the world's DNS server.
+    match lookup("nope.test", "alpha").await.unwrap().unwrap() {
+        LookupAnswer::NotFound { reason } => {
+            assert_sentence(&reason);
+            assert_eq!(
+                reason,
+                "could not resolve: nope.test does not exist (NXDOMAIN)"
+            );
+        }
+        other => panic!("expected not found, got {other:?}"),
+    }
+
+    // A deny glob: the sentence a flow to the name gets, before any DNS query.
+    let before = world.dns.a_queries("x.denied.test");
+    let reason = denied(lookup("x.denied.test", "alpha").await.unwrap().unwrap());
+    assert_eq!(
+        reason,
+        "denied: x.denied.test matches the tenant's deny rule *.denied.test"
+    );
+    assert_eq!(world.dns.a_queries("x.denied.test"), before);
+
+    // Names answering only addresses no port of which may be reached.
+    let reason = denied(
+        lookup("metadata.attacker.test", "alpha")
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(
+        reason,
+        "denied: 169.254.169.254 is the cloud metadata address; it can never be reached"
+    );
+    let reason = denied(lookup("intranet.test", "alpha").await.unwrap().unwrap());
+    assert_eq!(
+        reason,
+        "denied: 10.0.0.5 is a private address (RFC 1918); ask your admin for a carve-out"
+    );
+    // Tenant closed carves out nothing: loopback is denied for it.
+    let reason = denied(lookup("echo.test", "closed").await.unwrap().unwrap());
+    assert!(
+        reason.contains("127.0.0.1 is a loopback address"),
+        "{reason}"
+    );
+
+    // A tenant the node's certificate may not speak for.
+    let reason = denied(lookup("echo.test", "beta").await.unwrap().unwrap());
+    assert_eq!(
+        reason,
+        "denied: node node-1.airlock may not look up names for tenant beta"
+    );
+
+    // A numeric name in a non-canonical notation is refused as a flow's host would be.
+    let reason = denied(lookup("0x7f.1", "alpha").await.unwrap().unwrap());
+    assert!(reason.contains("non-canonical notation"), "{reason}");
+    // A dotted quad is an address, not a name: a bad request, not a verdict.
+    match lookup("127.0.0.1", "alpha").await.unwrap() {
+        Err(LookupError::Unanswered { status, reason }) => {
+            assert_eq!(status, LookupStatus::BadRequest);
+            assert_sentence(&reason);
+        }
+        other => panic!("expected a bad request, got {other:?}"),
+    }
+
+    // Lookups are not audited, and flows work beside them on the same connection: the next
+    // audit record is this flow's.
+    let mut flow = client
+        .open_flow(
+            Destination::name("echo.test", world.echo.addr.port()),
+            "doc-t",
+            "alpha",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        greeting(&mut flow).await,
+        format!("hello from {}", world.echo.addr)
+    );
+    assert_eq!(
+        world.echo.peers.recv().await.unwrap().ip().to_string(),
+        "127.0.0.2"
+    );
+    flow.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    flow.read_to_end(&mut rest).await.unwrap();
+    let record = gw.next_record().await;
+    assert_eq!(record.flow, flow.flow);
+    assert_eq!(record.requested_host, "echo.test");
 }
 
 #[tokio::test]

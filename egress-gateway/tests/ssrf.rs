@@ -407,3 +407,102 @@ fn mixed_answers_keep_the_denied_ones_for_the_audit() {
     let denied: Vec<IpAddr> = selection.denied.iter().map(|(ip, _)| *ip).collect();
     assert_eq!(denied, vec![answers[0], answers[1]]);
 }
+
+/// A name lookup's verdict, the way `lookup::Gateway::lookup` computes it: the host rules
+/// without the port rules, then every answer on every port.
+fn name_verdict(policy: &EgressPolicy, tenant: &str, host: &str, answers: &[&str]) -> String {
+    let host = parse_host(host).unwrap();
+    let tags = FlowTags {
+        tenant: tenant.to_owned(),
+        document: "doc".to_owned(),
+    };
+    let check = match policy.check_name(&tags, &host) {
+        Ok(check) => check,
+        Err(denial) => return denial.class().to_owned(),
+    };
+    let answers: Vec<IpAddr> = answers.iter().map(|a| a.parse().unwrap()).collect();
+    match check.select(&answers).verdict {
+        Ok(()) => "allowed".to_owned(),
+        Err(denial) => {
+            assert!(denial.to_string().starts_with("denied: "), "{denial}");
+            denial.class().to_owned()
+        }
+    }
+}
+
+#[test]
+fn a_name_is_denied_only_if_every_port_of_every_answer_is() {
+    let policy = policy();
+    let cases: &[(&str, &str, &[&str], &str)] = &[
+        ("smoke", "intranet.example", &["10.0.0.5"], "private"),
+        (
+            "smoke",
+            "meta.example",
+            &["169.254.169.254"],
+            "cloud_metadata",
+        ),
+        ("smoke", "local.example", &["127.0.0.1"], "loopback"),
+        ("smoke", "one.example", &["1.1.1.1"], "denied_address"),
+        (
+            "smoke",
+            "x.blocked.example",
+            &["93.184.216.34"],
+            "denied_host",
+        ),
+        (
+            "smoke",
+            "metadata.google.internal",
+            &["8.8.4.4"],
+            "reserved_name",
+        ),
+        // A carve-out for one port, or a deny for one port, leaves the name usable.
+        ("smoke", "port-carve.example", &["10.0.0.1"], "allowed"),
+        ("smoke", "port-deny.example", &["8.8.8.8"], "allowed"),
+        // The gateway's listener is one port of a carved-out address; the others are open.
+        ("smoke", "proxy-host.example", &["192.168.1.100"], "allowed"),
+        (
+            "smoke",
+            "public.example",
+            &["10.0.0.5", "93.184.216.34"],
+            "allowed",
+        ),
+        (
+            "mixed",
+            "mixed.example",
+            &["10.0.0.5", "93.184.216.34"],
+            "mixed_answers",
+        ),
+        // Port rules are for flows: a tenant allowing only 443 may still look names up.
+        ("strict", "a.allowed.com", &["93.184.216.34"], "allowed"),
+        ("strict", "other.com", &["93.184.216.34"], "not_allowed"),
+        ("carve", "carved.example", &["10.0.0.5"], "allowed"),
+        (
+            "carve",
+            "carved-denied.example",
+            &["10.0.0.66"],
+            "denied_address",
+        ),
+        (
+            "carve",
+            "meta.example",
+            &["169.254.169.254"],
+            "cloud_metadata",
+        ),
+        (
+            "nobody",
+            "public.example",
+            &["93.184.216.34"],
+            "unknown_tenant",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (tenant, host, answers, expect) in cases {
+        let got = name_verdict(&policy, tenant, host, answers);
+        if got != *expect {
+            failures.push(format!(
+                "{host} as {tenant} ({answers:?}): expected {expect}, got {got}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use airlock_egress::connect::{MAX_HEAD, decode_head};
 use airlock_egress::frame::{
-    FlowOpen, FlowReply, MAX_DOCUMENT_LEN, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY,
-    MAX_TENANT_LEN,
+    FlowOpen, FlowReply, LookupReply, MAX_DOCUMENT_LEN, MAX_LOOKUP_BODY, MAX_LOOKUP_NAME_LEN,
+    MAX_LOOKUP_REPLY_BODY, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY, MAX_TENANT_LEN,
+    NameLookup, StreamRequest,
 };
 use airlock_egress::host::{Host, MAX_NAME_LEN, parse_authority, parse_host};
 use airlock_egress::socks::codec::{decode_greeting, decode_request, decode_userpass};
@@ -23,6 +24,30 @@ pub fn check_tunnel_frames(data: &[u8]) {
     }
     if let Ok(Some((reply, used))) = FlowReply::decode(data) {
         assert!(used <= data.len() && used <= 4 + MAX_REPLY_BODY);
+        assert!(reply.reason.len() <= MAX_REASON_LEN);
+        assert_eq!(reply.encode(), data[..used]);
+    }
+}
+
+/// Lookup frames as the gateway (NameLookup, through the stream-request dispatch) and a node
+/// (LookupReply) read them.
+pub fn check_lookup_frames(data: &[u8]) {
+    if let Ok(Some((lookup, used))) = NameLookup::decode(data) {
+        assert!(used <= data.len() && used <= 4 + MAX_LOOKUP_BODY);
+        assert!(!lookup.name.is_empty() && lookup.name.len() <= MAX_LOOKUP_NAME_LEN);
+        assert!(!lookup.tenant.is_empty() && lookup.tenant.len() <= MAX_TENANT_LEN);
+        assert!(!lookup.document.is_empty() && lookup.document.len() <= MAX_DOCUMENT_LEN);
+        let again = lookup.encode().expect("a decoded frame encodes");
+        assert_eq!(again, data[..used], "decode → encode is the identity");
+    }
+    if let Ok(Some((request, used))) = StreamRequest::decode(data) {
+        assert!(used <= data.len() && used <= 4 + MAX_OPEN_BODY.max(MAX_LOOKUP_BODY));
+        assert!(StreamRequest::kind_of(data).is_some());
+        let again = request.encode().expect("a decoded frame encodes");
+        assert_eq!(again, data[..used], "decode → encode is the identity");
+    }
+    if let Ok(Some((reply, used))) = LookupReply::decode(data) {
+        assert!(used <= data.len() && used <= 4 + MAX_LOOKUP_REPLY_BODY);
         assert!(reply.reason.len() <= MAX_REASON_LEN);
         assert_eq!(reply.encode(), data[..used]);
     }

@@ -28,6 +28,11 @@
 //! Mixed answers (some allowed, some denied) take the first allowed address, as smokescreen
 //! does, and report the denied ones for the audit record; a tenant may set
 //! `mixed_answers = "deny"` to refuse such names outright.
+//!
+//! A name lookup (the tunnel's `NameLookup`, [`EgressPolicy::check_name`]) asks the same two
+//! steps without a port: step 1 leaves out the port rules, and step 2 denies an address only
+//! if it would be denied on every port (it is tried at one port of each stretch over which no
+//! rule's port list changes).
 
 pub mod address;
 pub mod limits;
@@ -326,7 +331,8 @@ pub struct RequestCheck<'p> {
     pub tenant: &'p TenantPolicy,
     pub document: Option<&'p DocumentPolicy>,
     pub host: Host,
-    pub port: u16,
+    /// The flow's port; `None` for a name lookup, which asks about every port.
+    pub port: Option<u16>,
     /// An allow glob matched the host (for default-deny tenants).
     host_allowed: Option<(String, Scope)>,
 }
@@ -371,13 +377,7 @@ impl EgressPolicy {
         host: &Host,
         port: u16,
     ) -> Result<RequestCheck<'_>, Denial> {
-        let tenant = self
-            .tenants
-            .get(&tags.tenant)
-            .ok_or_else(|| Denial::UnknownTenant {
-                tenant: tags.tenant.clone(),
-            })?;
-        let document = tenant.documents.get(&tags.document);
+        let (tenant, document) = self.tenant_of(tags)?;
         let scopes = self.scopes(tenant, document);
         for (rules, scope) in &scopes {
             if rules.deny_ports.contains(port) {
@@ -396,6 +396,39 @@ impl EgressPolicy {
                 });
             }
         }
+        self.check_host(tenant, document, host, Some(port))
+    }
+
+    /// Step 1 for a name lookup: as [`EgressPolicy::check_request`] without the port rules.
+    /// The check's [`RequestCheck::classify`] then denies an address only if every port of
+    /// it is denied.
+    pub fn check_name(&self, tags: &FlowTags, host: &Host) -> Result<RequestCheck<'_>, Denial> {
+        let (tenant, document) = self.tenant_of(tags)?;
+        self.check_host(tenant, document, host, None)
+    }
+
+    fn tenant_of(
+        &self,
+        tags: &FlowTags,
+    ) -> Result<(&TenantPolicy, Option<&DocumentPolicy>), Denial> {
+        let tenant = self
+            .tenants
+            .get(&tags.tenant)
+            .ok_or_else(|| Denial::UnknownTenant {
+                tenant: tags.tenant.clone(),
+            })?;
+        Ok((tenant, tenant.documents.get(&tags.document)))
+    }
+
+    /// The host part of step 1: reserved names, deny globs, then which allow glob matched.
+    fn check_host<'p>(
+        &'p self,
+        tenant: &'p TenantPolicy,
+        document: Option<&'p DocumentPolicy>,
+        host: &Host,
+        port: Option<u16>,
+    ) -> Result<RequestCheck<'p>, Denial> {
+        let scopes = self.scopes(tenant, document);
         if self.reserved_names.iter().any(|name| name.matches(host)) {
             return Err(Denial::ReservedName {
                 host: host.to_string(),
@@ -466,10 +499,51 @@ impl RequestCheck<'_> {
         self.policy.scopes(self.tenant, self.document)
     }
 
-    /// Step 2 for one address (see the module doc for the order).
+    /// Step 2 for one address (see the module doc for the order). Without a port (a name
+    /// lookup): allowed if some port of it is, otherwise the denial of the lowest port.
     pub fn classify(&self, ip: IpAddr) -> Result<Allowed, Denial> {
         let ip = canonical(ip);
-        let port = self.port;
+        match self.port {
+            Some(port) => self.classify_at(ip, port),
+            None => {
+                let mut first_denial = None;
+                for port in self.port_stretches() {
+                    match self.classify_at(ip, port) {
+                        Ok(allowed) => return Ok(allowed),
+                        Err(denial) => {
+                            first_denial.get_or_insert(denial);
+                        }
+                    }
+                }
+                // `port_stretches` always yields port 1, so a denial was recorded.
+                Err(first_denial.unwrap_or_else(|| Denial::NoAddresses {
+                    host: self.host.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// One port of each stretch of ports over which [`Self::classify_at`] cannot change for
+    /// a fixed address: 1, and every boundary of a CIDR rule's port list or a listener port.
+    fn port_stretches(&self) -> Vec<u16> {
+        let mut ports = vec![1];
+        for (rules, _) in self.scopes() {
+            for rule in rules.allow_cidrs.iter().chain(&rules.deny_cidrs) {
+                ports.extend(rule.ports.boundaries());
+            }
+        }
+        for listener in &self.policy.listeners {
+            ports.push(listener.port());
+            ports.extend(listener.port().checked_add(1));
+        }
+        ports.retain(|port| *port != 0);
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// Step 2 for one canonical address at one port.
+    fn classify_at(&self, ip: IpAddr, port: u16) -> Result<Allowed, Denial> {
         if self.policy.is_self(ip, port) {
             return Err(Denial::SelfConnection {
                 addr: SocketAddr::new(ip, port),

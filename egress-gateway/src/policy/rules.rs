@@ -110,6 +110,14 @@ impl PortSet {
         self.0.push(range);
     }
 
+    /// The ports where membership can change: each range's first port and the one after its
+    /// last. Between two consecutive ones, every port is in the set or none is.
+    pub fn boundaries(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0
+            .iter()
+            .flat_map(|range| std::iter::once(*range.start()).chain(range.end().checked_add(1)))
+    }
+
     /// Parses `443` or `8000-8100`.
     pub fn parse_range(text: &str) -> Result<RangeInclusive<u16>, RuleError> {
         let bad = || RuleError::BadPort(text.to_owned());
