@@ -1,6 +1,7 @@
 //! Three `airlock coordinator` processes on loopback with a warm pool of real `airlock node`
 //! tasks: claims through any member, the leader killed and restarted, a member paused, many
-//! concurrent claims, a rolling upgrade; and a single member whose tasks cannot start.
+//! concurrent claims, a rolling upgrade; and a single member whose tasks cannot start, whose
+//! egress IP sets `airlock coordinator egress-ips` sets and which keeps them across a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -489,6 +490,53 @@ async fn bad_input_and_a_driver_that_cannot_start_tasks() {
         .await
         .unwrap();
     assert_eq!(bad_role.status(), 422);
+    let bad_tenant = http
+        .post(url("/v1/documents/ok/session"))
+        .bearer_auth(BACKEND)
+        .json(&serde_json::json!({"user": "u", "role": "editor", "tenant": "Not/A/Tenant"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_tenant.status(), 400);
+    let body: Value = bad_tenant.json().await.unwrap();
+    assert_eq!(body["error"], "bad_tenant");
+
+    // Egress IP sets: set from a TOML file with an operator token, read with a backend token.
+    let file = dir.path().join("egress-ips.toml");
+    std::fs::write(
+        &file,
+        "acme = [\"203.0.113.11\", \"203.0.113.10\"]\n\"team.eu\" = [\"2001:db8::10\"]\n",
+    )
+    .unwrap();
+    let egress_ips = |token: &str, extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["coordinator", "egress-ips", "--coordinator", &member.api])
+            .args(["--api-token", token])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = egress_ips(BACKEND, &["--set", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "a backend token cannot set them");
+    assert!(stderr.contains("operator"), "{stderr}");
+    let (code, shown, stderr) = egress_ips(OPERATOR, &["--set", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        shown.contains("acme") && shown.contains("203.0.113.10 203.0.113.11"),
+        "{shown}"
+    );
+    let (code, json, stderr) = egress_ips(BACKEND, &["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let published: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        published["tenants"],
+        serde_json::json!({"acme": ["203.0.113.10", "203.0.113.11"], "team.eu": ["2001:db8::10"]})
+    );
 
     // Tasks that fail to start: back-off shows in status and metrics; claims get 503 with
     // Retry-After once the bound runs out.
@@ -527,4 +575,21 @@ async fn bad_input_and_a_driver_that_cannot_start_tasks() {
         }
         other => panic!("a claim with an empty pool: {other:?}"),
     }
+
+    // The sets survive a restart of the member (its redb state, then its log).
+    let mut members = members;
+    let member = &mut members[0];
+    kill(member.pid(), Signal::SIGTERM).unwrap();
+    let _ = member.child.as_mut().unwrap().wait();
+    member.child = None;
+    member.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        if let Ok(ips) = member.client(BACKEND).egress_ips().await {
+            break ips;
+        }
+        assert!(Instant::now() < deadline, "the member did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(serde_json::to_value(&again).unwrap(), published);
 }

@@ -7,10 +7,17 @@
 //! coordinator's configuration ([`ApiToken`]); tasks with their task secret. `/healthz` and
 //! `/openapi.json` need none; `/metrics` needs an operator token.
 //!
-//! Errors are JSON `{"error": code, "message": text}` with a status that says what to do: 400
-//! for bad input, 401/403 for authentication, 404 for unknown things, 413 for oversized bodies,
+//! Errors are JSON `{"error": code, "message": text}` ([`ErrorCode`]) with a status that says
+//! what to do: 400 for bad input, 401/403 for authentication, 404 for unknown things, 409 for a
+//! claim under the wrong tenant, 413 for oversized bodies, 422 for bodies of the wrong shape,
 //! 503 with `Retry-After` when the pool is empty or no coordinator leads.
+//!
+//! `GET /v1/egress-ips` publishes the region's static egress IP sets (backend or operator
+//! token) so users can allow-list them; a tenant absent from it has no static IPs published.
+//! `PUT /v1/egress-ips` (operator) replaces them as a whole.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +32,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::driver::Driver;
-use crate::model::{PoolTarget, TaskId, Tier};
-use crate::service::{ClaimError, Consensus, ConsensusError, Coordinator, TaskError};
+use crate::model::{BadEgressIps, EgressIpSets, PoolTarget, TaskId, Tenant, Tier};
+use crate::service::{
+    ClaimError, Consensus, ConsensusError, Coordinator, EgressIpsError, TaskError,
+};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -66,6 +75,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/documents/{id}", "one document's allocation"),
     ("GET", "/v1/pool", "pool targets, counts and back-off"),
     ("PUT", "/v1/pool/{tier}", "set a pool's target"),
+    (
+        "GET",
+        "/v1/egress-ips",
+        "the region's static egress IP sets, to allow-list",
+    ),
+    (
+        "PUT",
+        "/v1/egress-ips",
+        "replace the region's static egress IP sets",
+    ),
     ("GET", "/v1/tasks", "every task"),
     ("POST", "/v1/tasks/{id}/drain", "stop giving a task out"),
     ("POST", "/v1/tasks/{id}/ready", "a task's node is warm"),
@@ -100,17 +119,110 @@ impl<C, D> std::fmt::Debug for Api<C, D> {
     }
 }
 
+/// The `error` field of every error answer: what went wrong, for programs (the `message` says
+/// it for people). `coordinator/openapi.json` lists the same codes (a test checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// No `Authorization: Bearer` header.
+    MissingToken,
+    /// The token (or task secret) is not known.
+    BadToken,
+    /// The token's role may not do this (it needs an operator token).
+    Forbidden,
+    /// The document id is not 1 to 128 of `A-Z a-z 0-9 . _ -`.
+    BadDocumentId,
+    /// The claim's user is empty or too long.
+    BadUser,
+    /// A tenant name is not 1 to 64 of `a-z 0-9 . _ -`.
+    BadTenant,
+    /// The body is not JSON of the expected shape (or is too large).
+    BadBody,
+    /// A query parameter does not parse.
+    BadQuery,
+    /// A pool target is inconsistent.
+    BadTarget,
+    /// An egress address no socket can bind (unspecified, multicast, broadcast).
+    BadEgressIp,
+    /// No task serves the document.
+    NotServed,
+    /// No such task.
+    UnknownTask,
+    /// The task is drained or dead; it should exit.
+    TaskGone,
+    /// The replicated state refused the change.
+    Rejected,
+    /// The document is open under another tenant.
+    TenantMismatch,
+    /// No warm task within the claim's wait; see `Retry-After`.
+    NoWarmTask,
+    /// No coordinator leads the region right now; see `Retry-After`.
+    NoLeader,
+    /// The region has no signing key yet; see `Retry-After`.
+    NotReady,
+    /// A bug.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order of the OpenAPI document.
+    pub const ALL: &[ErrorCode] = &[
+        ErrorCode::MissingToken,
+        ErrorCode::BadToken,
+        ErrorCode::Forbidden,
+        ErrorCode::BadDocumentId,
+        ErrorCode::BadUser,
+        ErrorCode::BadTenant,
+        ErrorCode::BadBody,
+        ErrorCode::BadQuery,
+        ErrorCode::BadTarget,
+        ErrorCode::BadEgressIp,
+        ErrorCode::NotServed,
+        ErrorCode::UnknownTask,
+        ErrorCode::TaskGone,
+        ErrorCode::Rejected,
+        ErrorCode::TenantMismatch,
+        ErrorCode::NoWarmTask,
+        ErrorCode::NoLeader,
+        ErrorCode::NotReady,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MissingToken => "missing_token",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadDocumentId => "bad_document_id",
+            ErrorCode::BadUser => "bad_user",
+            ErrorCode::BadTenant => "bad_tenant",
+            ErrorCode::BadBody => "bad_body",
+            ErrorCode::BadQuery => "bad_query",
+            ErrorCode::BadTarget => "bad_target",
+            ErrorCode::BadEgressIp => "bad_egress_ip",
+            ErrorCode::NotServed => "not_served",
+            ErrorCode::UnknownTask => "unknown_task",
+            ErrorCode::TaskGone => "task_gone",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::TenantMismatch => "tenant_mismatch",
+            ErrorCode::NoWarmTask => "no_warm_task",
+            ErrorCode::NoLeader => "no_leader",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 /// An error as the API sends it.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -124,7 +236,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({"error": self.code, "message": self.message})),
+            Json(json!({"error": self.code.as_str(), "message": self.message})),
         )
             .into_response();
         if let Some(seconds) = self.retry_after
@@ -140,7 +252,7 @@ impl From<ConsensusError> for ApiError {
     fn from(err: ConsensusError) -> Self {
         let mut api = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
+            ErrorCode::NoLeader,
             err.to_string(),
         );
         api.retry_after = Some(1);
@@ -151,16 +263,22 @@ impl From<ConsensusError> for ApiError {
 impl From<TaskError> for ApiError {
     fn from(err: TaskError) -> Self {
         match err {
-            TaskError::UnknownTask(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_task", err.to_string())
+            TaskError::UnknownTask(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UnknownTask,
+                err.to_string(),
+            ),
+            TaskError::BadSecret => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::BadToken,
+                err.to_string(),
+            ),
+            TaskError::Gone(_) => {
+                ApiError::new(StatusCode::GONE, ErrorCode::TaskGone, err.to_string())
             }
-            TaskError::BadSecret => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", err.to_string())
-            }
-            TaskError::Gone(_) => ApiError::new(StatusCode::GONE, "task_gone", err.to_string()),
             TaskError::Consensus(err) => err.into(),
             TaskError::Rejected(message) => {
-                ApiError::new(StatusCode::CONFLICT, "rejected", message)
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Rejected, message)
             }
         }
     }
@@ -172,7 +290,7 @@ impl From<ClaimError> for ApiError {
             ClaimError::NoWarmTask { retry_after_s, .. } => {
                 let mut api = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "no_warm_task",
+                    ErrorCode::NoWarmTask,
                     err.to_string(),
                 );
                 api.retry_after = Some(retry_after_s);
@@ -181,15 +299,43 @@ impl From<ClaimError> for ApiError {
             ClaimError::NoSigningKey => {
                 let mut api = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
+                    ErrorCode::NotReady,
                     err.to_string(),
                 );
                 api.retry_after = Some(1);
                 api
             }
+            ClaimError::TenantMismatch { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::TenantMismatch,
+                err.to_string(),
+            ),
             ClaimError::Consensus(err) => err.into(),
-            ClaimError::Internal(message) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            ClaimError::Internal(message) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                message,
+            ),
+        }
+    }
+}
+
+impl From<EgressIpsError> for ApiError {
+    fn from(err: EgressIpsError) -> Self {
+        match err {
+            EgressIpsError::Invalid(BadEgressIps::Tenant(bad)) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadTenant,
+                bad.to_string(),
+            ),
+            EgressIpsError::Invalid(bad @ BadEgressIps::Address { .. }) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::BadEgressIp,
+                bad.to_string(),
+            ),
+            EgressIpsError::Consensus(err) => err.into(),
+            EgressIpsError::Rejected(message) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Rejected, message)
             }
         }
     }
@@ -208,7 +354,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "missing_token",
+        ErrorCode::MissingToken,
         "send `Authorization: Bearer <token>` with an API token from the coordinator's configuration",
     )
 }
@@ -225,14 +371,14 @@ impl<C: Consensus, D: Driver + 'static> Api<C, D> {
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "bad_token",
+                    ErrorCode::BadToken,
                     "this API token is not known to the coordinator",
                 )
             })?;
         if needed == ApiRole::Operator && role != ApiRole::Operator {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "this needs an operator token",
             ));
         }
@@ -258,7 +404,7 @@ fn document_id(id: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_document_id",
+            ErrorCode::BadDocumentId,
             "a document id is 1 to 128 characters from A-Z a-z 0-9 . _ - (not . or ..)",
         ))
     }
@@ -275,6 +421,66 @@ pub struct ClaimRequest {
     /// The tier of task wanted [default: the coordinator's].
     #[serde(default)]
     pub tier: Option<String>,
+    /// Whose document it is: 1 to 64 of `a-z 0-9 . _ -` [default: `default`]. The egress
+    /// gateway applies this tenant's rules and static IPs; a document open under one tenant is
+    /// refused (409 `tenant_mismatch`) to claims of another until it is released.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// Checks a claim's tenant: 1 to 64 of `a-z 0-9 . _ -`.
+fn tenant(name: Option<String>) -> Result<Tenant, ApiError> {
+    let Some(name) = name else {
+        return Ok(Tenant::default());
+    };
+    Tenant::parse(&name).map_err(|bad| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadTenant,
+            bad.to_string(),
+        )
+    })
+}
+
+/// The answer of `GET /v1/egress-ips` (and of its `PUT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressIps {
+    /// The region these coordinators manage.
+    pub region: String,
+    /// Tenant → the addresses the egress gateway binds its outbound connections to. A tenant
+    /// absent here has no static IPs published: its traffic may leave from any address.
+    pub tenants: BTreeMap<String, Vec<IpAddr>>,
+    /// When an operator last set them (Unix ms); `null` if never.
+    pub updated_ms: Option<u64>,
+}
+
+impl EgressIps {
+    fn of(region: &str, sets: Option<EgressIpSets>) -> EgressIps {
+        match sets {
+            Some(sets) => EgressIps {
+                region: sets.region.0,
+                tenants: sets
+                    .tenants
+                    .into_iter()
+                    .map(|(t, ips)| (t.0, ips))
+                    .collect(),
+                updated_ms: Some(sets.updated_ms),
+            },
+            None => EgressIps {
+                region: region.to_owned(),
+                tenants: BTreeMap::new(),
+                updated_ms: None,
+            },
+        }
+    }
+}
+
+/// The body of `PUT /v1/egress-ips`: the whole new sets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetEgressIps {
+    /// Tenant → its addresses (IPv4 or IPv6, without a port or prefix length).
+    pub tenants: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// `wait_ms` from a query string such as `wait_ms=25000`.
@@ -285,7 +491,7 @@ fn wait_ms(query: Option<&str>) -> Result<u64, ApiError> {
             return value.parse().map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "bad_query",
+                    ErrorCode::BadQuery,
                     "wait_ms must be a whole number of milliseconds",
                 )
             });
@@ -305,7 +511,7 @@ async fn claim<C: Consensus, D: Driver + 'static>(
     let Json(request) = body.map_err(|err| {
         ApiError::new(
             err.status(),
-            "bad_body",
+            ErrorCode::BadBody,
             format!(
                 "{}: send {{\"user\": …, \"role\": \"editor\"}}",
                 err.body_text()
@@ -315,13 +521,20 @@ async fn claim<C: Consensus, D: Driver + 'static>(
     if request.user.is_empty() || request.user.len() > 256 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_user",
+            ErrorCode::BadUser,
             "user must be 1 to 256 bytes",
         ));
     }
+    let tenant = tenant(request.tenant)?;
     let session = api
         .coordinator
-        .claim(&id, &request.user, request.role, request.tier.map(Tier))
+        .claim(
+            &id,
+            tenant,
+            &request.user,
+            request.role,
+            request.tier.map(Tier),
+        )
         .await?;
     Ok(Json(session).into_response())
 }
@@ -348,8 +561,10 @@ async fn status<C: Consensus, D: Driver + 'static>(
         )
     });
     let pools = coordinator.pool_status().await;
+    let egress_ips = EgressIps::of(&coordinator.config().region.0, coordinator.egress_ips());
     Ok(Json(json!({
         "region": coordinator.config().region,
+        "egress_ips": egress_ips,
         "leader_here": coordinator.consensus().is_leader(),
         "cluster": api.cluster.as_ref().map(|f| f()),
         "targets": targets,
@@ -383,7 +598,7 @@ async fn document<C: Consensus, D: Driver + 'static>(
         Some(allocation) => Ok(Json(json!(allocation))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_served",
+            ErrorCode::NotServed,
             format!("no task serves document {id:?}; claim a session to open it"),
         )),
     }
@@ -413,18 +628,60 @@ async fn set_pool<C: Consensus, D: Driver + 'static>(
 ) -> Result<StatusCode, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
     let Json(target) =
-        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+        body.map_err(|err| ApiError::new(err.status(), ErrorCode::BadBody, err.body_text()))?;
     if target.floor > target.ceiling
         || !(target.buffer_factor.is_finite() && target.buffer_factor >= 0.0)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_target",
+            ErrorCode::BadTarget,
             "floor must not exceed ceiling, and buffer_factor must be a non-negative number",
         ));
     }
     api.coordinator.set_pool_target(Tier(tier), target).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn egress_ips<C: Consensus, D: Driver + 'static>(
+    AxumState(api): AxumState<Shared<C, D>>,
+    headers: HeaderMap,
+) -> Result<Json<EgressIps>, ApiError> {
+    api.authorize(&headers, ApiRole::Backend)?;
+    let coordinator = &api.coordinator;
+    Ok(Json(EgressIps::of(
+        &coordinator.config().region.0,
+        coordinator.egress_ips(),
+    )))
+}
+
+async fn set_egress_ips<C: Consensus, D: Driver + 'static>(
+    AxumState(api): AxumState<Shared<C, D>>,
+    headers: HeaderMap,
+    body: Result<Json<SetEgressIps>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<EgressIps>, ApiError> {
+    api.authorize(&headers, ApiRole::Operator)?;
+    let Json(request) = body.map_err(|err| {
+        ApiError::new(
+            err.status(),
+            ErrorCode::BadBody,
+            format!(
+                "{}: send {{\"tenants\": {{\"acme\": [\"203.0.113.10\", \"2001:db8::10\"]}}}}",
+                err.body_text()
+            ),
+        )
+    })?;
+    let mut tenants = BTreeMap::new();
+    for (name, addresses) in request.tenants {
+        let tenant = Tenant::parse(&name)
+            .map_err(BadEgressIps::from)
+            .map_err(EgressIpsError::from)?;
+        tenants.insert(tenant, addresses);
+    }
+    let sets = api.coordinator.set_egress_ips(tenants).await?;
+    Ok(Json(EgressIps::of(
+        &api.coordinator.config().region.0,
+        Some(sets),
+    )))
 }
 
 async fn tasks<C: Consensus, D: Driver + 'static>(
@@ -459,7 +716,7 @@ async fn ready<C: Consensus, D: Driver + 'static>(
     let task = TaskId(id);
     api.authorize_task(&headers, &task)?;
     let Json(ready) =
-        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+        body.map_err(|err| ApiError::new(err.status(), ErrorCode::BadBody, err.body_text()))?;
     let reply = api.coordinator.task_ready(&task, ready).await?;
     Ok(Json(reply).into_response())
 }
@@ -499,7 +756,7 @@ async fn released<C: Consensus, D: Driver + 'static>(
     let task = TaskId(id);
     api.authorize_task(&headers, &task)?;
     let Json(released) =
-        body.map_err(|err| ApiError::new(err.status(), "bad_body", err.body_text()))?;
+        body.map_err(|err| ApiError::new(err.status(), ErrorCode::BadBody, err.body_text()))?;
     api.coordinator
         .task_released(&task, released.document, released.epoch, &released.reason)
         .await?;
@@ -534,6 +791,8 @@ pub fn router<C: Consensus, D: Driver + 'static>(api: Shared<C, D>) -> Router {
             ("GET", "/v1/documents/{id}") => get(document::<C, D>),
             ("GET", "/v1/pool") => get(pool::<C, D>),
             ("PUT", "/v1/pool/{tier}") => put(set_pool::<C, D>),
+            ("GET", "/v1/egress-ips") => get(egress_ips::<C, D>),
+            ("PUT", "/v1/egress-ips") => put(set_egress_ips::<C, D>),
             ("GET", "/v1/tasks") => get(tasks::<C, D>),
             ("POST", "/v1/tasks/{id}/drain") => post(drain::<C, D>),
             ("POST", "/v1/tasks/{id}/ready") => post(ready::<C, D>),

@@ -1,9 +1,12 @@
 //! A small client of the coordinator's HTTP API, for the CLI, tests and benchmarks.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use airlock_protocol::token::Role;
 
+use crate::api::{EgressIps, SetEgressIps};
 use crate::service::Session;
 
 /// What went wrong talking to a coordinator.
@@ -58,19 +61,67 @@ impl ApiClient {
         &self.base
     }
 
-    /// Claims a session on `document` for `user`.
+    /// Claims a session on `document` for `user`, under the default tenant.
     pub async fn claim(
         &self,
         document: &str,
         user: &str,
         role: Role,
     ) -> Result<Session, ApiClientError> {
+        self.claim_for_tenant(document, None, user, role).await
+    }
+
+    /// Claims a session on `document` of `tenant` (`None`: the default tenant) for `user`.
+    /// A document open under another tenant is refused: 409 `tenant_mismatch`.
+    pub async fn claim_for_tenant(
+        &self,
+        document: &str,
+        tenant: Option<&str>,
+        user: &str,
+        role: Role,
+    ) -> Result<Session, ApiClientError> {
         let url = format!("{}/v1/documents/{document}/session", self.base);
+        let mut body = serde_json::json!({"user": user, "role": role});
+        if let Some(tenant) = tenant {
+            body["tenant"] = tenant.into();
+        }
         let response = self
             .http
             .post(&url)
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({"user": user, "role": role}))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| ApiClientError::Unreachable { url, source })?;
+        Self::decode(response).await
+    }
+
+    /// The region's static egress IP sets (backend or operator token). A tenant absent from
+    /// them has no static IPs published.
+    pub async fn egress_ips(&self) -> Result<EgressIps, ApiClientError> {
+        let url = format!("{}/v1/egress-ips", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ApiClientError::Unreachable { url, source })?;
+        Self::decode(response).await
+    }
+
+    /// Replaces the region's static egress IP sets as a whole (operator token); returns them as
+    /// published (addresses sorted and deduplicated, tenants without addresses left out).
+    pub async fn set_egress_ips(
+        &self,
+        tenants: BTreeMap<String, Vec<IpAddr>>,
+    ) -> Result<EgressIps, ApiClientError> {
+        let url = format!("{}/v1/egress-ips", self.base);
+        let response = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .json(&SetEgressIps { tenants })
             .send()
             .await
             .map_err(|source| ApiClientError::Unreachable { url, source })?;
@@ -109,5 +160,56 @@ impl ApiClient {
             message: body["message"].as_str().unwrap_or("no message").to_owned(),
             retry_after,
         })
+    }
+}
+
+/// Why an egress IP set file does not read.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressIpFileError {
+    #[error("not a JSON object of tenant → list of IP addresses: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("not a TOML table of tenant → list of IP addresses: {0}")]
+    Toml(#[source] toml::de::Error),
+}
+
+/// Reads the egress IP sets an operator wrote: a map of tenant → addresses, as JSON
+/// (`{"acme": ["203.0.113.10"]}`, when the text starts with `{`) or TOML
+/// (`acme = ["203.0.113.10"]`). Addresses must parse; tenant names are checked by the API.
+pub fn parse_egress_ip_file(
+    text: &str,
+) -> Result<BTreeMap<String, Vec<IpAddr>>, EgressIpFileError> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(EgressIpFileError::Json)
+    } else {
+        toml::from_str(text).map_err(EgressIpFileError::Toml)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_ip_files_read_as_json_or_toml() {
+        let json = r#"{"acme": ["203.0.113.10", "2001:db8::10"], "globex": []}"#;
+        let toml = "# the region's static IPs\nacme = [\"203.0.113.10\", \"2001:db8::10\"]\n\
+                    globex = []\n\"team.eu\" = [\"198.51.100.7\"]\n";
+        let from_json = parse_egress_ip_file(json).unwrap();
+        let from_toml = parse_egress_ip_file(toml).unwrap();
+        assert_eq!(from_json["acme"], from_toml["acme"]);
+        assert_eq!(
+            from_toml["acme"][1],
+            "2001:db8::10".parse::<IpAddr>().unwrap()
+        );
+        assert!(from_toml["globex"].is_empty());
+        assert_eq!(from_toml.len(), 3);
+        assert!(matches!(
+            parse_egress_ip_file(r#"{"acme": ["203.0.113.300"]}"#),
+            Err(EgressIpFileError::Json(_))
+        ));
+        assert!(matches!(
+            parse_egress_ip_file("acme = \"203.0.113.1\""),
+            Err(EgressIpFileError::Toml(_))
+        ));
     }
 }

@@ -5,7 +5,8 @@
 //! leader. DESIGN.md §4 is the contract.
 //!
 //! # Layout
-//! - [`model`]: the vocabulary — tasks, allocations, pool targets, and the commands of the log.
+//! - [`model`]: the vocabulary — tasks, allocations (with their tenant), pool targets, egress IP
+//!   sets, and the commands of the log.
 //! - [`state`]: the replicated state machine, a sans-IO core: `apply(index, command)`.
 //! - [`raft`]: openraft around the state machine — log and state on disk (redb), snapshots,
 //!   the network between coordinators (mutual TLS), and proposing from any coordinator.

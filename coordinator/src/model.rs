@@ -1,12 +1,18 @@
-//! The coordinator's vocabulary: tasks of the warm pool, allocations of documents to tasks, pool
-//! targets, and the commands that change them through the Raft log.
+//! The coordinator's vocabulary: tasks of the warm pool, allocations of documents to tasks (each
+//! under a tenant), pool targets, the region's egress IP sets, and the commands that change them
+//! through the Raft log.
 //!
 //! Everything here is plain data (serde), shared by the replicated state machine
 //! ([`crate::state`]), the pool controller ([`crate::pool`]), the drivers ([`crate::driver`]) and
 //! the HTTP API. Time is always passed in as Unix milliseconds chosen by the leader when it
 //! proposes a command, so applying the log is deterministic on every replica.
+//!
+//! What is written into the Raft log and snapshots must keep decoding what an earlier version
+//! wrote (rolling upgrades): a field added later carries `#[serde(default)]`.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +35,127 @@ pub struct Region(pub String);
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Who a document belongs to: the egress gateway applies this tenant's rules and binds its
+/// flows to this tenant's static IP set. 1 to 64 of `a-z 0-9 . _ -` ([`Tenant::parse`]).
+/// Claims that name none, and entries written before tenants existed, are [`Tenant::DEFAULT`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct Tenant(pub String);
+
+/// Why a string is not a tenant name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant {0:?} is not 1 to 64 characters from a-z 0-9 . _ -")]
+pub struct BadTenant(pub String);
+
+impl Tenant {
+    /// The tenant of claims that name none.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Checks a tenant name: 1 to 64 of `a-z 0-9 . _ -`.
+    pub fn parse(name: &str) -> Result<Tenant, BadTenant> {
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if ok {
+            Ok(Tenant(name.to_owned()))
+        } else {
+            Err(BadTenant(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Tenant {
+    /// [`Tenant::DEFAULT`]: what log entries and snapshots from before tenants decode to.
+    fn default() -> Self {
+        Tenant(Tenant::DEFAULT.to_owned())
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The region's static egress IP sets: the addresses the egress gateway binds each tenant's
+/// outbound connections to, published (`GET /v1/egress-ips`) so users can allow-list them.
+/// A tenant without an entry has no static addresses published.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EgressIpSets {
+    pub region: Region,
+    /// Tenant → its addresses, sorted and without duplicates.
+    pub tenants: BTreeMap<Tenant, Vec<IpAddr>>,
+    /// When an operator last set them (Unix ms, the proposer's clock).
+    pub updated_ms: u64,
+}
+
+/// Why egress IP sets cannot be set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadEgressIps {
+    #[error(transparent)]
+    Tenant(#[from] BadTenant),
+    #[error(
+        "{ip} is {why}: it cannot be an egress address of tenant {tenant} (no socket can use it \
+         as its source)"
+    )]
+    Address {
+        tenant: Tenant,
+        ip: IpAddr,
+        why: &'static str,
+    },
+}
+
+impl EgressIpSets {
+    /// Checked and normalized sets: every tenant name valid, every address one a socket can
+    /// bind; addresses sorted without duplicates; tenants without addresses left out (absent
+    /// means "no static IPs published").
+    pub fn new(
+        region: Region,
+        tenants: BTreeMap<Tenant, Vec<IpAddr>>,
+        updated_ms: u64,
+    ) -> Result<EgressIpSets, BadEgressIps> {
+        let mut sets = BTreeMap::new();
+        for (tenant, mut addresses) in tenants {
+            Tenant::parse(tenant.as_str())?;
+            if let Some((ip, why)) = addresses
+                .iter()
+                .find_map(|ip| unbindable_egress_ip(ip).map(|why| (*ip, why)))
+            {
+                return Err(BadEgressIps::Address { tenant, ip, why });
+            }
+            addresses.sort();
+            addresses.dedup();
+            if !addresses.is_empty() {
+                sets.insert(tenant, addresses);
+            }
+        }
+        Ok(EgressIpSets {
+            region,
+            tenants: sets,
+            updated_ms,
+        })
+    }
+}
+
+/// Why an address cannot be in an egress IP set: no socket can use it as its source address.
+/// (Private and loopback addresses are allowed, for regions on a private network or one machine.)
+pub fn unbindable_egress_ip(ip: &IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("broadcast")
+    } else {
+        None
     }
 }
 
@@ -111,6 +238,9 @@ pub struct Allocation {
     pub epoch: u64,
     /// When it was claimed (Unix ms).
     pub claimed_at_ms: u64,
+    /// Whose document it is; a claim under another tenant is refused while it is allocated.
+    #[serde(default)]
+    pub tenant: Tenant,
 }
 
 /// How many warm tasks to keep for one (region, tier).
@@ -154,13 +284,16 @@ pub enum Command {
         now_ms: u64,
         lease_ms: u64,
     },
-    /// Serve `document`: the task already serving it, or a warm task taken now with the epoch
-    /// of this log entry.
+    /// Serve `document` for `tenant`: the task already serving it (if it is that tenant's), or
+    /// a warm task taken now with the epoch of this log entry.
     Claim {
         document: String,
         region: Region,
         tier: Tier,
         now_ms: u64,
+        /// Entries written before tenants existed decode to [`Tenant::DEFAULT`].
+        #[serde(default)]
+        tenant: Tenant,
     },
     /// The document is no longer served (idle, or its node stopped): its task drains.
     Release { document: String, epoch: u64 },
@@ -181,6 +314,12 @@ pub enum Command {
     /// The key capability tokens are signed with (PKCS#8 DER of an ed25519 key). Set once, by the
     /// first leader; later attempts are ignored so every coordinator signs with the same key.
     SetSigningKey { pkcs8_der: Vec<u8> },
+    /// Replace the region's static egress IP sets (tenant → addresses) as a whole.
+    SetEgressIps {
+        region: Region,
+        tenants: BTreeMap<Tenant, Vec<IpAddr>>,
+        now_ms: u64,
+    },
 }
 
 /// The result of applying a [`Command`].
@@ -199,6 +338,12 @@ pub enum Response {
     },
     /// No warm task of that region and tier: the caller waits for the pool or answers 503.
     NoWarmTask,
+    /// The document is served under another tenant; nothing changed.
+    TenantMismatch {
+        document: String,
+        /// The tenant it is allocated under.
+        allocated: Tenant,
+    },
     /// Leases ran out: these tasks died and these documents lost their task.
     Expired {
         tasks: Vec<TaskId>,

@@ -9,7 +9,9 @@
 //! serves the document, or takes a warm task with the claim's log index as its epoch. The claim
 //! never waits on a scheduler while a warm task exists; with none, it waits for the pool (every
 //! applied entry wakes it) up to [`CoordinatorConfig::claim_wait`], then gives up with
-//! [`ClaimError::NoWarmTask`] (503 with `Retry-After`).
+//! [`ClaimError::NoWarmTask`] (503 with `Retry-After`). A claim names a tenant (the egress
+//! gateway's unit of policy and static IPs); a document served under one tenant is refused to
+//! claims of another ([`ClaimError::TenantMismatch`]) until it is released.
 //!
 //! # Tasks
 //! A task proves who it is with a secret derived from the coordinators' signing key and its id
@@ -17,7 +19,8 @@
 //! read from the local replica: the claim's entry reaches every coordinator within a round
 //! trip, and every applied entry wakes the task's long poll.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +34,8 @@ use tracing::{info, warn};
 
 use crate::driver::{Driver, TaskSpec};
 use crate::model::{
-    Allocation, Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, Task, TaskId,
-    TaskState, Tier,
+    Allocation, Command, EgressIpSets, Endpoints, PoolTarget, Region, Response, RuntimeVersion,
+    Task, TaskId, TaskState, Tenant, Tier,
 };
 use crate::pool::{PoolAction, PoolConfig, PoolController};
 use crate::state::State;
@@ -137,6 +140,9 @@ pub struct Session {
     pub expires_at: u64,
     /// Whether this claim started serving the document (false: it was served already).
     pub fresh: bool,
+    /// The tenant the document is served for (absent from coordinators before tenants).
+    #[serde(default)]
+    pub tenant: Tenant,
 }
 
 /// Why a claim failed.
@@ -152,12 +158,33 @@ pub enum ClaimError {
         waited_ms: u64,
         retry_after_s: u64,
     },
+    #[error(
+        "document {document:?} is open under tenant {allocated:?}, not {requested:?}: a document \
+         is served for one tenant at a time; claim it as {allocated:?}, or once it is released"
+    )]
+    TenantMismatch {
+        document: String,
+        allocated: Tenant,
+        requested: Tenant,
+    },
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
     #[error("the coordinators have no signing key yet (the first leader makes one); retry shortly")]
     NoSigningKey,
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why the egress IP sets were not set.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressIpsError {
+    #[error(transparent)]
+    Invalid(#[from] crate::model::BadEgressIps),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// The state machine refused them (a coordinator of another version checks differently).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// Why a task's request failed.
@@ -253,10 +280,12 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             .and_then(|key| token::verifying_key_to_pem(&key.verifying_key()).ok())
     }
 
-    /// Serves `document` for `user` with `role`: the task already serving it, or a warm one.
+    /// Serves `document` of `tenant` for `user` with `role`: the task already serving it, or a
+    /// warm one.
     pub async fn claim(
         &self,
         document: &str,
+        tenant: Tenant,
         user: &str,
         role: Role,
         tier: Option<Tier>,
@@ -273,6 +302,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     region: self.config.region.clone(),
                     tier: tier.clone(),
                     now_ms: now_ms(),
+                    tenant: tenant.clone(),
                 })
                 .await;
             // Through an election, or when a leader's answer was lost, try again: a claim
@@ -321,6 +351,18 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                         });
                     }
                 }
+                Response::TenantMismatch {
+                    document,
+                    allocated,
+                } => {
+                    metrics::counter!("airlock_coordinator_claims_total", "result" => "tenant_mismatch")
+                        .increment(1);
+                    return Err(ClaimError::TenantMismatch {
+                        document,
+                        allocated,
+                        requested: tenant,
+                    });
+                }
                 other => return Err(ClaimError::Internal(format!("unexpected {other:?}"))),
             }
         }
@@ -360,6 +402,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             token,
             expires_at,
             fresh,
+            tenant: allocation.tenant.clone(),
         })
     }
 
@@ -445,11 +488,18 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     let token_public_key = self
                         .token_public_key()
                         .ok_or_else(|| TaskError::Rejected("no signing key yet".into()))?;
+                    // The allocation mirrors the claimed task (`State::violations`); read in a
+                    // later call, it may be gone (released meanwhile): then the default, and
+                    // the node finds its document moved at the store anyway.
+                    let tenant = self
+                        .read(|state| state.allocation(&document).map(|a| a.tenant.clone()))
+                        .unwrap_or_default();
                     return Ok(Some(TaskAssignment {
                         document,
                         epoch,
                         token_public_key,
                         store: self.config.store.clone(),
+                        tenant: tenant.0,
                     }));
                 }
                 Some(TaskState::Draining { .. } | TaskState::Dead { .. }) => {
@@ -516,6 +566,34 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             })
             .await
             .map(|_| ())
+    }
+
+    /// The region's static egress IP sets, once an operator set them.
+    pub fn egress_ips(&self) -> Option<EgressIpSets> {
+        self.read(|state| state.egress_ips().cloned())
+    }
+
+    /// Replaces the region's static egress IP sets as a whole; returns them as published
+    /// (checked and normalized by [`EgressIpSets::new`], which the state machine applies too).
+    pub async fn set_egress_ips(
+        &self,
+        tenants: BTreeMap<Tenant, Vec<IpAddr>>,
+    ) -> Result<EgressIpSets, EgressIpsError> {
+        let now = now_ms();
+        let sets = EgressIpSets::new(self.config.region.clone(), tenants.clone(), now)?;
+        match self
+            .consensus
+            .propose(Command::SetEgressIps {
+                region: self.config.region.clone(),
+                tenants,
+                now_ms: now,
+            })
+            .await?
+        {
+            Response::Ok => Ok(sets),
+            Response::Rejected { reason } => Err(EgressIpsError::Rejected(reason)),
+            other => Err(EgressIpsError::Rejected(format!("unexpected {other:?}"))),
+        }
     }
 
     /// The pool controller's view of every pool (targets, desired counts, back-off).

@@ -1,5 +1,5 @@
-//! The replicated state machine: tasks, allocations of documents to tasks, pool targets and the
-//! key capability tokens are signed with. It changes only through [`State::apply`], which every
+//! The replicated state machine: tasks, allocations of documents to tasks, pool targets, the
+//! key capability tokens are signed with, and the region's static egress IP sets. It changes only through [`State::apply`], which every
 //! coordinator calls with the same commands in the same (Raft log) order.
 //!
 //! A sans-IO core: no clock (time comes in the command, chosen by its proposer), no randomness,
@@ -14,6 +14,12 @@
 //!   this log index (`fresh: true`). Epochs are log indexes, so a document's epochs only grow.
 //!   A warm task whose lease ran out by the claim's `now_ms` is not handed out. No warm task:
 //!   [`Response::NoWarmTask`]; the claim never waits here.
+//! - **Tenants.** An allocation records the claim's tenant. A claim of an allocated document
+//!   under another tenant changes nothing and answers [`Response::TenantMismatch`]; once the
+//!   document is unallocated (released, its task dead) any tenant may claim it.
+//! - **Egress IP sets.** `SetEgressIps` replaces the region's sets as a whole (addresses sorted,
+//!   duplicates dropped, tenants with no address left out); a bad tenant name or an address no
+//!   socket can bind is rejected.
 //! - **One document per task, ever.** A claimed task leaves `Claimed` only for `Draining` (its
 //!   document released) or `Dead`; no rule moves a task back to `Warm`. Task ids come from the
 //!   driver and must never be reused (a second `AddTask` of a known id is rejected).
@@ -29,14 +35,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::{
-    Allocation, Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, Task, TaskId,
-    TaskState, Tier,
+    Allocation, Command, EgressIpSets, Endpoints, PoolTarget, Region, Response, RuntimeVersion,
+    Task, TaskId, TaskState, Tenant, Tier,
 };
 
 /// A warm pool's key: tasks, targets and counts are kept per (region, tier).
@@ -60,6 +67,7 @@ pub struct Changes {
     pub documents: BTreeSet<String>,
     pub targets: BTreeSet<PoolKey>,
     pub signing_key: bool,
+    pub egress_ips: bool,
 }
 
 impl Changes {
@@ -68,6 +76,7 @@ impl Changes {
             && self.documents.is_empty()
             && self.targets.is_empty()
             && !self.signing_key
+            && !self.egress_ips
     }
 }
 
@@ -82,6 +91,8 @@ pub struct State {
     targets: BTreeMap<PoolKey, PoolTarget>,
     /// PKCS#8 DER of the ed25519 key capability tokens are signed with.
     signing_key: Option<Vec<u8>>,
+    /// The region's static egress IP sets, once an operator set them.
+    egress_ips: Option<EgressIpSets>,
     /// Derived index: the warm tasks of each pool by (warm since, id), so a claim does not scan
     /// every task (most tasks are claimed ones, one per open document).
     warm: BTreeMap<PoolKey, BTreeSet<(u64, TaskId)>>,
@@ -101,6 +112,7 @@ impl State {
         allocations: impl IntoIterator<Item = Allocation>,
         targets: impl IntoIterator<Item = (PoolKey, PoolTarget)>,
         signing_key: Option<Vec<u8>>,
+        egress_ips: Option<EgressIpSets>,
     ) -> State {
         let mut state = State {
             tasks: tasks.into_iter().map(|t| (t.id.clone(), t)).collect(),
@@ -110,6 +122,7 @@ impl State {
                 .collect(),
             targets: targets.into_iter().collect(),
             signing_key,
+            egress_ips,
             warm: BTreeMap::new(),
             changes: Changes::default(),
         };
@@ -189,6 +202,11 @@ impl State {
         self.signing_key.as_deref()
     }
 
+    /// The region's static egress IP sets, once an operator set them.
+    pub fn egress_ips(&self) -> Option<&EgressIpSets> {
+        self.egress_ips.as_ref()
+    }
+
     /// The keys changed since the last call, for a store that persists the state key by key.
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
@@ -229,7 +247,7 @@ impl State {
                 }
             }
         }
-        let rebuilt = State::from_parts(self.tasks.values().cloned(), [], [], None);
+        let rebuilt = State::from_parts(self.tasks.values().cloned(), [], [], None, None);
         if rebuilt.warm != self.warm {
             out.push("the warm index differs from the warm tasks".to_string());
         }
@@ -267,7 +285,8 @@ impl State {
                 region,
                 tier,
                 now_ms,
-            } => self.claim(index, document, (region, tier), now_ms),
+                tenant,
+            } => self.claim(index, document, tenant, (region, tier), now_ms),
             Command::Release { document, epoch } => self.release(&document, epoch),
             Command::ExpireLeases { now_ms } => self.expire_leases(now_ms),
             Command::MarkDead { id, reason } => self.mark_dead(&id, reason),
@@ -279,6 +298,11 @@ impl State {
                 target,
             } => self.set_pool_target((region, tier), target),
             Command::SetSigningKey { pkcs8_der } => self.set_signing_key(pkcs8_der),
+            Command::SetEgressIps {
+                region,
+                tenants,
+                now_ms,
+            } => self.set_egress_ips(region, tenants, now_ms),
         }
     }
 
@@ -357,8 +381,21 @@ impl State {
         Response::Ok
     }
 
-    fn claim(&mut self, index: u64, document: String, pool: PoolKey, now_ms: u64) -> Response {
+    fn claim(
+        &mut self,
+        index: u64,
+        document: String,
+        tenant: Tenant,
+        pool: PoolKey,
+        now_ms: u64,
+    ) -> Response {
         if let Some(allocation) = self.allocations.get(&document) {
+            if allocation.tenant != tenant {
+                return Response::TenantMismatch {
+                    document,
+                    allocated: allocation.tenant.clone(),
+                };
+            }
             // The allocation mirrors a claimed task (see `violations`); serve it again.
             if let Some(task) = self.tasks.get(&allocation.task) {
                 return Response::Claimed {
@@ -382,6 +419,7 @@ impl State {
             task: id.clone(),
             epoch: index,
             claimed_at_ms: now_ms,
+            tenant,
         };
         self.changes.documents.insert(document.clone());
         self.allocations.insert(document, allocation.clone());
@@ -525,6 +563,22 @@ impl State {
         Response::Ok
     }
 
+    fn set_egress_ips(
+        &mut self,
+        region: Region,
+        tenants: BTreeMap<Tenant, Vec<IpAddr>>,
+        now_ms: u64,
+    ) -> Response {
+        match EgressIpSets::new(region, tenants, now_ms) {
+            Ok(sets) => {
+                self.egress_ips = Some(sets);
+                self.changes.egress_ips = true;
+                Response::Ok
+            }
+            Err(e) => rejected(e.to_string()),
+        }
+    }
+
     // --- Helpers that keep the derived index and the change set right -------------------------
 
     /// Changes one task, keeping the warm index and the change set in step.
@@ -617,6 +671,7 @@ impl PartialEq for State {
             && self.allocations == other.allocations
             && self.targets == other.targets
             && self.signing_key == other.signing_key
+            && self.egress_ips == other.egress_ips
     }
 }
 
@@ -628,6 +683,7 @@ impl fmt::Debug for State {
             .field("allocations", &self.allocations)
             .field("targets", &self.targets)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
+            .field("egress_ips", &self.egress_ips)
             .finish()
     }
 }
@@ -639,6 +695,7 @@ struct ImageRef<'a> {
     allocations: Vec<&'a Allocation>,
     targets: Vec<TargetEntry<&'a Region, &'a Tier, &'a PoolTarget>>,
     signing_key: Option<&'a [u8]>,
+    egress_ips: Option<&'a EgressIpSets>,
 }
 
 #[derive(Deserialize)]
@@ -647,6 +704,9 @@ struct Image {
     allocations: Vec<Allocation>,
     targets: Vec<TargetEntry<Region, Tier, PoolTarget>>,
     signing_key: Option<Vec<u8>>,
+    /// Absent from snapshots of versions before egress IP sets.
+    #[serde(default)]
+    egress_ips: Option<EgressIpSets>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -671,6 +731,7 @@ impl Serialize for State {
                 })
                 .collect(),
             signing_key: self.signing_key.as_deref(),
+            egress_ips: self.egress_ips.as_ref(),
         }
         .serialize(serializer)
     }
@@ -687,6 +748,7 @@ impl<'de> Deserialize<'de> for State {
                 .into_iter()
                 .map(|e| ((e.region, e.tier), e.target)),
             image.signing_key,
+            image.egress_ips,
         ))
     }
 }
@@ -748,6 +810,7 @@ mod tests {
                 region: region(),
                 tier: tier(),
                 now_ms,
+                tenant: Tenant::default(),
             },
         )
     }
@@ -848,6 +911,7 @@ mod tests {
             region: region(),
             tier: Tier("large".into()),
             now_ms: 0,
+            tenant: Tenant::default(),
         };
         assert_eq!(s.apply(5, other_tier), Response::NoWarmTask);
         assert!(s.allocation("doc").is_none());
@@ -1153,7 +1217,7 @@ mod tests {
         let changes = s.take_changes();
         assert_eq!(changes.tasks, BTreeSet::from([id("a")]));
         assert_eq!(changes.documents, BTreeSet::from(["doc".to_string()]));
-        assert!(changes.targets.is_empty() && !changes.signing_key);
+        assert!(changes.targets.is_empty() && !changes.signing_key && !changes.egress_ips);
         assert!(s.take_changes().is_empty());
     }
 
@@ -1170,5 +1234,154 @@ mod tests {
         assert!(back.violations().is_empty());
         // The rebuilt index works: the other warm task is claimable.
         assert_eq!(claimed(claim(&mut back, 5, "doc-2", 20)).1.id, id("b"));
+    }
+    fn claim_for(state: &mut State, index: u64, document: &str, tenant: &str) -> Response {
+        state.apply(
+            index,
+            Command::Claim {
+                document: document.into(),
+                region: region(),
+                tier: tier(),
+                now_ms: 10,
+                tenant: Tenant(tenant.into()),
+            },
+        )
+    }
+
+    #[test]
+    fn an_allocation_keeps_its_tenant_and_refuses_another() {
+        let mut s = State::new();
+        warm(&mut s, 1, "a", "v1", 0);
+        warm(&mut s, 2, "b", "v1", 0);
+        let (allocation, _, _) = claimed(claim_for(&mut s, 3, "doc", "acme"));
+        assert_eq!(allocation.tenant, Tenant("acme".into()));
+        s.take_changes();
+        assert_eq!(
+            claim_for(&mut s, 4, "doc", "globex"),
+            Response::TenantMismatch {
+                document: "doc".into(),
+                allocated: Tenant("acme".into())
+            }
+        );
+        assert!(s.take_changes().is_empty(), "the refusal changed nothing");
+        assert_eq!(s.allocation("doc"), Some(&allocation));
+        assert_eq!(s.counts()[&(region(), tier())].warm, 1);
+        // The same tenant gets its task back.
+        let (again, _, fresh) = claimed(claim_for(&mut s, 5, "doc", "acme"));
+        assert!(!fresh && again == allocation);
+        // Once released, another tenant may claim it (a new task, a higher epoch).
+        let release = Command::Release {
+            document: "doc".into(),
+            epoch: allocation.epoch,
+        };
+        assert_eq!(s.apply(6, release), Response::Ok);
+        let (other, _, fresh) = claimed(claim_for(&mut s, 7, "doc", "globex"));
+        assert!(fresh && other.epoch > allocation.epoch);
+        assert_eq!(other.tenant, Tenant("globex".into()));
+        assert!(s.violations().is_empty(), "{:?}", s.violations());
+    }
+
+    #[test]
+    fn entries_and_snapshots_from_before_tenants_decode_to_the_default_tenant() {
+        let claim: Command = serde_json::from_str(
+            r#"{"op":"claim","document":"doc","region":"eu","tier":"small","now_ms":5}"#,
+        )
+        .unwrap();
+        assert!(matches!(claim, Command::Claim { ref tenant, .. } if tenant.as_str() == "default"));
+        let allocation: Allocation =
+            serde_json::from_str(r#"{"document":"doc","task":"a","epoch":3,"claimed_at_ms":5}"#)
+                .unwrap();
+        assert_eq!(allocation.tenant, Tenant::default());
+        // A snapshot without egress IP sets.
+        let old: State = serde_json::from_str(
+            r#"{"tasks":[],"allocations":[],"targets":[],"signing_key":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old, State::new());
+        assert!(old.egress_ips().is_none());
+    }
+
+    #[test]
+    fn tenant_names_are_checked() {
+        for good in ["default", "acme", "a", "team-7.eu_west", &"x".repeat(64)] {
+            assert!(Tenant::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "Acme", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(Tenant::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn set_ips(state: &mut State, index: u64, sets: &[(&str, &[&str])], now_ms: u64) -> Response {
+        state.apply(
+            index,
+            Command::SetEgressIps {
+                region: region(),
+                tenants: sets
+                    .iter()
+                    .map(|(tenant, ips)| {
+                        (
+                            Tenant((*tenant).into()),
+                            ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+                        )
+                    })
+                    .collect(),
+                now_ms,
+            },
+        )
+    }
+
+    #[test]
+    fn egress_ip_sets_are_replaced_whole_normalized_and_validated() {
+        let mut s = State::new();
+        assert!(s.egress_ips().is_none());
+        let sets: &[(&str, &[&str])] = &[
+            (
+                "acme",
+                &[
+                    "203.0.113.11",
+                    "2001:db8::1",
+                    "203.0.113.10",
+                    "203.0.113.11",
+                ],
+            ),
+            ("empty", &[]),
+        ];
+        assert_eq!(set_ips(&mut s, 1, sets, 100), Response::Ok);
+        assert!(s.take_changes().egress_ips);
+        let published = s.egress_ips().unwrap();
+        assert_eq!(published.region, region());
+        assert_eq!(published.updated_ms, 100);
+        let acme: Vec<IpAddr> = ["203.0.113.10", "203.0.113.11", "2001:db8::1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(
+            published.tenants,
+            BTreeMap::from([(Tenant("acme".into()), acme)]),
+            "sorted, deduplicated, empty sets left out"
+        );
+        // Bad input changes nothing.
+        for bad in [
+            set_ips(&mut s, 2, &[("acme", &["0.0.0.0"])], 200),
+            set_ips(&mut s, 3, &[("acme", &["224.0.0.1"])], 200),
+            set_ips(&mut s, 4, &[("acme", &["255.255.255.255"])], 200),
+            set_ips(&mut s, 5, &[("Not A Tenant", &["203.0.113.1"])], 200),
+        ] {
+            assert!(matches!(bad, Response::Rejected { .. }), "{bad:?}");
+        }
+        assert!(!s.take_changes().egress_ips);
+        assert_eq!(s.egress_ips().unwrap().updated_ms, 100);
+        // A new set replaces the old one as a whole.
+        assert_eq!(
+            set_ips(&mut s, 6, &[("globex", &["198.51.100.7"])], 300),
+            Response::Ok
+        );
+        let published = s.egress_ips().unwrap();
+        assert_eq!(published.tenants.len(), 1);
+        assert!(published.tenants.contains_key(&Tenant("globex".into())));
+        // They survive a snapshot.
+        let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.egress_ips(), s.egress_ips());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use airlock_coordinator::api::{OPENAPI, ROUTES};
+use airlock_coordinator::api::{ErrorCode, OPENAPI, ROUTES};
 
 #[test]
 fn openapi_lists_exactly_the_served_routes() {
@@ -51,4 +51,18 @@ fn openapi_lists_exactly_the_served_routes() {
             "schema {name} is defined"
         );
     }
+}
+
+#[test]
+fn openapi_lists_exactly_the_error_codes() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    let documented: Vec<&str> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+            .as_array()
+            .expect("the Error schema lists its codes")
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    let served: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(documented, served);
 }

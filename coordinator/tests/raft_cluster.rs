@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_coordinator::model::{
-    Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, TaskId, Tier,
+    Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, TaskId, Tenant, Tier,
 };
 use airlock_coordinator::raft::tls::{ClusterCa, TlsMaterial};
 use airlock_coordinator::raft::{
@@ -105,6 +105,7 @@ fn claim(document: &str, now_ms: u64) -> Command {
         region: region(),
         tier: tier(),
         now_ms,
+        tenant: Tenant::default(),
     }
 }
 

@@ -2,10 +2,10 @@
 //! survives closing and reopening the file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use airlock_coordinator::model::{
-    Command, Endpoints, Region, Response, RuntimeVersion, TaskId, Tier,
+    Command, Endpoints, Region, Response, RuntimeVersion, TaskId, Tenant, Tier,
 };
 use airlock_coordinator::raft::storage::{self, LogStore, StateMachineStore};
 use airlock_coordinator::raft::{Peer, TypeConfig};
@@ -68,9 +68,18 @@ fn commands() -> Vec<Command> {
         },
         Command::Claim {
             document: "doc".into(),
-            region,
+            region: region.clone(),
             tier,
             now_ms: 20,
+            tenant: Tenant("acme".into()),
+        },
+        Command::SetEgressIps {
+            region,
+            tenants: BTreeMap::from([(
+                Tenant("acme".into()),
+                vec!["203.0.113.10".parse().unwrap()],
+            )]),
+            now_ms: 30,
         },
     ]
 }
@@ -115,13 +124,22 @@ async fn state_log_and_snapshot_survive_reopening() {
     }
     let (mut log, mut sm, _closed) = storage::open(dir.path()).unwrap();
     let (applied, membership) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(4)));
+    assert_eq!(applied, Some(log_id(5)));
     assert_eq!(membership.log_id(), &Some(log_id(1)));
     assert_eq!(sm.read(|s| s.clone()), state_before);
     assert_eq!(sm.read(|s| s.allocation("doc").map(|a| a.epoch)), Some(4));
-    let back = log.try_get_log_entries(1..5).await.unwrap();
-    assert_eq!(back.len(), 4);
-    assert_eq!(back[3].log_id, log_id(4));
+    assert_eq!(
+        sm.read(|s| s.allocation("doc").map(|a| a.tenant.clone())),
+        Some(Tenant("acme".into()))
+    );
+    assert_eq!(
+        sm.read(|s| s.egress_ips().map(|e| e.updated_ms)),
+        Some(30),
+        "the egress IP sets are on disk"
+    );
+    let back = log.try_get_log_entries(1..6).await.unwrap();
+    assert_eq!(back.len(), 5);
+    assert_eq!(back[4].log_id, log_id(5));
 
     // A snapshot of it installed on an empty store gives the same state.
     let snapshot = sm
@@ -136,6 +154,10 @@ async fn state_log_and_snapshot_survive_reopening() {
         .await
         .unwrap();
     assert_eq!(sm2.read(|s| s.clone()), state_before);
+    assert!(
+        sm2.read(|s| s.egress_ips().is_some()),
+        "the snapshot carries the egress IP sets"
+    );
     drop((log2, sm2));
     closed2.wait().await;
     let (_log2, mut sm2, _closed2) = storage::open(other.path()).unwrap();
@@ -144,5 +166,5 @@ async fn state_log_and_snapshot_survive_reopening() {
         state_before,
         "installed state is on disk"
     );
-    assert_eq!(sm2.applied_state().await.unwrap().0, Some(log_id(4)));
+    assert_eq!(sm2.applied_state().await.unwrap().0, Some(log_id(5)));
 }

@@ -1,12 +1,15 @@
 //! Property tests of the replicated state machine: random command sequences (over small sets of
-//! task ids, documents and pools, so they collide often) never let a document map to two tasks
-//! or a task serve two documents, and a document's epochs only grow.
+//! task ids, documents, pools and tenants, so they collide often) never let a document map to two
+//! tasks or a task serve two documents, a document's epochs only grow, and a claim under another
+//! tenant than the document's allocation changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 
 use airlock_coordinator::model::{
-    Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, TaskId, TaskState, Tier,
+    Command, Endpoints, PoolTarget, Region, Response, RuntimeVersion, TaskId, TaskState, Tenant,
+    Tier,
 };
 use airlock_coordinator::state::State;
 use proptest::prelude::*;
@@ -15,17 +18,48 @@ use proptest::prelude::*;
 /// name the epoch a document is really served at, or a stale one).
 #[derive(Debug, Clone)]
 enum Op {
-    Add { task: u8, pool: u8, version: u8 },
-    Ready { task: u8 },
-    Heartbeat { task: u8, lease_ms: u64 },
-    Claim { document: u8, pool: u8 },
-    Release { document: u8, current_epoch: bool },
+    Add {
+        task: u8,
+        pool: u8,
+        version: u8,
+    },
+    Ready {
+        task: u8,
+    },
+    Heartbeat {
+        task: u8,
+        lease_ms: u64,
+    },
+    Claim {
+        document: u8,
+        pool: u8,
+        tenant: u8,
+    },
+    Release {
+        document: u8,
+        current_epoch: bool,
+    },
     Expire,
-    MarkDead { task: u8 },
-    Drain { task: u8 },
-    Remove { task: u8 },
-    Target { pool: u8, version: u8 },
-    Tick { ms: u64 },
+    MarkDead {
+        task: u8,
+    },
+    Drain {
+        task: u8,
+    },
+    Remove {
+        task: u8,
+    },
+    Target {
+        pool: u8,
+        version: u8,
+    },
+    Tick {
+        ms: u64,
+    },
+    /// Egress IP sets: tenant → the last octets of its addresses (0 is unspecified: rejected).
+    EgressIps {
+        sets: Vec<(u8, Vec<u8>)>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,7 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..8u8, 0..2u8, 0..2u8).prop_map(|(task, pool, version)| Op::Add { task, pool, version }),
         3 => (0..8u8).prop_map(|task| Op::Ready { task }),
         2 => (0..8u8, 0..3_000u64).prop_map(|(task, lease_ms)| Op::Heartbeat { task, lease_ms }),
-        5 => (0..6u8, 0..2u8).prop_map(|(document, pool)| Op::Claim { document, pool }),
+        5 => (0..6u8, 0..2u8, 0..2u8).prop_map(|(document, pool, tenant)| Op::Claim { document, pool, tenant }),
         2 => (0..6u8, any::<bool>()).prop_map(|(document, current_epoch)| Op::Release { document, current_epoch }),
         1 => Just(Op::Expire),
         1 => (0..8u8).prop_map(|task| Op::MarkDead { task }),
@@ -41,6 +75,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8u8).prop_map(|task| Op::Remove { task }),
         1 => (0..2u8, 0..2u8).prop_map(|(pool, version)| Op::Target { pool, version }),
         2 => (0..2_000u64).prop_map(|ms| Op::Tick { ms }),
+        1 => prop::collection::vec((0..3u8, prop::collection::vec(0..4u8, 0..3)), 0..3)
+            .prop_map(|sets| Op::EgressIps { sets }),
     ]
 }
 
@@ -96,6 +132,7 @@ fn to_command(op: &Op, state: &State, now_ms: &mut u64) -> Option<Command> {
         Op::Claim {
             document: d,
             pool: p,
+            tenant,
         } => {
             let (region, tier) = pool(p);
             Command::Claim {
@@ -103,6 +140,7 @@ fn to_command(op: &Op, state: &State, now_ms: &mut u64) -> Option<Command> {
                 region,
                 tier,
                 now_ms: now,
+                tenant: Tenant(format!("tenant-{tenant}")),
             }
         }
         Op::Release {
@@ -142,6 +180,25 @@ fn to_command(op: &Op, state: &State, now_ms: &mut u64) -> Option<Command> {
                 },
             }
         }
+        Op::EgressIps { ref sets } => Command::SetEgressIps {
+            region: Region("eu".into()),
+            tenants: sets
+                .iter()
+                .map(|(tenant, octets)| {
+                    (
+                        Tenant(format!("tenant-{tenant}")),
+                        octets
+                            .iter()
+                            .map(|&o| match o {
+                                0 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                                o => IpAddr::V4(Ipv4Addr::new(203, 0, 113, o)),
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+            now_ms: now,
+        },
         Op::Tick { ms } => {
             *now_ms += ms;
             return None;
@@ -166,6 +223,14 @@ impl Observer {
         if let (Command::AddTask { id, .. }, Response::Ok) = (command, response) {
             // A new task under an id the driver reused after `RemoveTask`.
             self.served.remove(id);
+        }
+        if let (Command::Claim { tenant, .. }, Response::Claimed { allocation, .. }) =
+            (command, response)
+        {
+            assert_eq!(
+                &allocation.tenant, tenant,
+                "a claim is answered with its own tenant's allocation"
+            );
         }
         if let Response::Claimed {
             allocation,
@@ -226,7 +291,12 @@ proptest! {
         for op in &ops {
             let Some(command) = to_command(op, &state, &mut now_ms) else { continue };
             index += 1;
+            let before = state.clone();
             let response = state.apply(index, command.clone());
+            if let Response::TenantMismatch { document, allocated } = &response {
+                prop_assert_eq!(&state, &before, "a refused claim changed the state");
+                prop_assert_eq!(state.allocation(document).map(|a| &a.tenant), Some(allocated));
+            }
             observer.check(index, &command, &response, &state);
             // Determinism: another replica applying the same entry answers the same.
             prop_assert_eq!(&replica.apply(index, command.clone()), &response);

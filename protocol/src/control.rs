@@ -49,6 +49,15 @@ pub struct TaskAssignment {
     pub token_public_key: String,
     /// The document store (a folder or URL).
     pub store: String,
+    /// Whose document it is: the egress gateway applies this tenant's rules and static IPs to
+    /// the kernel's connections. `"default"` from coordinators that predate tenants.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+/// The tenant of assignments that name none.
+fn default_tenant() -> String {
+    "default".to_owned()
 }
 
 /// The node stopped serving its document.
@@ -58,4 +67,20 @@ pub struct TaskReleased {
     pub epoch: u64,
     /// `idle`, `moved` (fenced out), `shutdown`, `failed`.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assignment_without_a_tenant_is_the_default_tenants() {
+        let old = r#"{"document":"d","epoch":3,"token_public_key":"k","store":"/s"}"#;
+        let assignment: TaskAssignment = serde_json::from_str(old).unwrap();
+        assert_eq!(assignment.tenant, "default");
+        let new =
+            r#"{"document":"d","epoch":3,"token_public_key":"k","store":"/s","tenant":"acme"}"#;
+        let assignment: TaskAssignment = serde_json::from_str(new).unwrap();
+        assert_eq!(assignment.tenant, "acme");
+    }
 }

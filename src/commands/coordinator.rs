@@ -1,5 +1,5 @@
-//! `airlock coordinator`: one member of a region's Raft group, and the certificates its members
-//! use to trust each other.
+//! `airlock coordinator`: one member of a region's Raft group, the certificates its members use
+//! to trust each other, and the region's published egress IP sets.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_coordinator::api::{ApiRole, ApiToken};
+use airlock_coordinator::api::{ApiRole, ApiToken, EgressIps};
+use airlock_coordinator::client::{ApiClient, parse_egress_ip_file};
 use airlock_coordinator::cluster::{self, ProcessConfig};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
 use airlock_coordinator::model::{PoolTarget, RuntimeVersion, Tier};
@@ -38,6 +39,55 @@ enum Sub {
     Run(Box<RunArgs>),
     /// Make a cluster CA and one certificate per coordinator (mutual TLS between members).
     Certs(CertsArgs),
+    /// Show the region's static egress IP sets (what users allow-list), or set them with --set.
+    #[command(
+        name = "egress-ips",
+        long_about = "Show the region's static egress IP sets: for each tenant, the addresses \
+            the egress gateway binds that tenant's outbound connections to. The coordinators \
+            publish them at GET /v1/egress-ips (backend or operator token) so users can \
+            allow-list them at their databases and APIs. A tenant that is not listed has no \
+            static IPs published: its traffic may leave from any address of the region.\n\n\
+            With --set FILE (operator token), replace the sets as a whole: a tenant left out of \
+            the file, or given an empty list, is no longer published. Addresses are IPv4 or IPv6 \
+            without a port; they are stored sorted and without duplicates. Tenant names are 1 to \
+            64 of a-z 0-9 . _ - (the tenant a claim names).",
+        after_help = "Examples:\n  \
+            airlock coordinator egress-ips --coordinator http://127.0.0.1:7700 --api-token $TOKEN\n  \
+            airlock coordinator egress-ips --api-token $OPERATOR_TOKEN --set egress-ips.toml\n\n\
+            The file, as TOML (quote names with dots):\n  \
+            acme = [\"203.0.113.10\", \"203.0.113.11\", \"2001:db8::10\"]\n  \
+            \"team.eu\" = [\"198.51.100.7\"]\n\n\
+            or as JSON (a file starting with `{`):\n  \
+            {\"acme\": [\"203.0.113.10\", \"2001:db8::10\"], \"team.eu\": [\"198.51.100.7\"]}"
+    )]
+    EgressIps(EgressIpsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EgressIpsArgs {
+    /// Any coordinator of the region.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AIRLOCK_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    coordinator: String,
+    /// A backend or operator token (setting needs an operator token).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AIRLOCK_API_TOKEN",
+        hide_env_values = true
+    )]
+    api_token: String,
+    /// Replace the sets with this file's: a map of tenant → list of IP addresses, TOML or JSON
+    /// (see the examples below).
+    #[arg(long, value_name = "FILE")]
+    set: Option<PathBuf>,
+    /// Print the coordinator's JSON as it is.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,7 +174,54 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Sub::Run(run) => run_member(*run).await,
         Sub::Certs(certs) => make_certs(&certs),
+        Sub::EgressIps(egress) => egress_ips(egress).await,
     }
+}
+
+async fn egress_ips(args: EgressIpsArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&args.coordinator, &args.api_token)?;
+    let answer = match &args.set {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let tenants = parse_egress_ip_file(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            client.set_egress_ips(tenants).await
+        }
+        None => client.egress_ips().await,
+    };
+    let ips = match answer {
+        Ok(ips) => ips,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ips)?);
+    } else {
+        print!("{}", render_egress_ips(&ips));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sets as an operator reads them: one line per tenant.
+fn render_egress_ips(ips: &EgressIps) -> String {
+    let mut out = match ips.updated_ms {
+        Some(ms) => format!(
+            "region {}: egress IP sets (set at {ms} Unix ms)\n",
+            ips.region
+        ),
+        None => format!("region {}: no egress IP sets published yet\n", ips.region),
+    };
+    for (tenant, addresses) in &ips.tenants {
+        let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        out.push_str(&format!("  {tenant:<20} {}\n", addresses.join(" ")));
+    }
+    if ips.updated_ms.is_some() {
+        out.push_str("tenants not listed have no static IPs published\n");
+    }
+    out
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

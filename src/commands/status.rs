@@ -1,4 +1,5 @@
-//! `airlock status`: what a region's coordinators know — leader, pools, tasks and documents.
+//! `airlock status`: what a region's coordinators know — leader, pools, tasks, documents (with
+//! their tenants) and the published egress IP sets.
 
 use std::process::ExitCode;
 
@@ -117,11 +118,29 @@ pub fn render(status: &Value) -> String {
     }
     for doc in documents {
         out.push_str(&format!(
-            "  {}  task {}  epoch {}\n",
+            "  {}  task {}  epoch {}  tenant {}\n",
             doc["document"].as_str().unwrap_or("?"),
             doc["task"].as_str().unwrap_or("?"),
-            doc["epoch"]
+            doc["epoch"],
+            doc["tenant"].as_str().unwrap_or("default")
         ));
+    }
+    out.push_str("\negress IP sets (airlock coordinator egress-ips)\n");
+    let tenants = status["egress_ips"]["tenants"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if tenants.is_empty() {
+        out.push_str("  none published\n");
+    }
+    for (tenant, addresses) in tenants {
+        let addresses: Vec<&str> = addresses
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!("  {tenant}: {}\n", addresses.join(" ")));
     }
     out
 }

@@ -43,7 +43,7 @@ use crate::state::{Changes, PoolKey, State};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// `vote`, `committed`, `last_purged`.
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// `last_applied`, `membership`, `signing_key`.
+/// `last_applied`, `membership`, `signing_key`, `egress_ips`.
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_tasks");
 const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_allocations");
@@ -450,6 +450,7 @@ fn load_state_machine(db: &Database) -> Result<Applied, StoreError> {
     let last_applied = get_json::<Option<LogId<NodeId>>>(&meta, "last_applied")?.flatten();
     let membership = get_json(&meta, "membership")?.unwrap_or_default();
     let signing_key = get_json(&meta, "signing_key")?;
+    let egress_ips = get_json(&meta, "egress_ips")?;
     let tasks = values::<Task>(&txn.open_table(TASKS)?)?;
     let allocations = values::<Allocation>(&txn.open_table(ALLOCATIONS)?)?;
     let targets = values::<TargetRow>(&txn.open_table(TARGETS)?)?;
@@ -458,6 +459,7 @@ fn load_state_machine(db: &Database) -> Result<Applied, StoreError> {
         allocations,
         targets.into_iter().map(|t| ((t.region, t.tier), t.target)),
         signing_key,
+        egress_ips,
     );
     let violations = state.violations();
     if !violations.is_empty() {
@@ -496,6 +498,7 @@ struct Rows {
     allocations: Vec<(String, Option<Vec<u8>>)>,
     targets: Vec<(String, Option<Vec<u8>>)>,
     signing_key: Option<Vec<u8>>,
+    egress_ips: Option<Vec<u8>>,
     last_applied: Vec<u8>,
     membership: Vec<u8>,
 }
@@ -539,6 +542,9 @@ impl Rows {
         if changes.signing_key {
             rows.signing_key = state.signing_key().map(serde_json::to_vec).transpose()?;
         }
+        if changes.egress_ips {
+            rows.egress_ips = state.egress_ips().map(serde_json::to_vec).transpose()?;
+        }
         Ok(rows)
     }
 
@@ -550,6 +556,7 @@ impl Rows {
             documents: state.allocations().map(|a| a.document.clone()).collect(),
             targets: state.targets().map(|(k, _)| k.clone()).collect(),
             signing_key: state.signing_key().is_some(),
+            egress_ips: state.egress_ips().is_some(),
         };
         Rows::of(applied, &changes)
     }
@@ -571,6 +578,10 @@ impl Rows {
         let mut meta = txn.open_table(SM_META)?;
         if let Some(key) = self.signing_key {
             meta.insert("signing_key", key.as_slice())?;
+        }
+        // Once set, the sets are only ever replaced, never removed.
+        if let Some(sets) = self.egress_ips {
+            meta.insert("egress_ips", sets.as_slice())?;
         }
         meta.insert("last_applied", self.last_applied.as_slice())?;
         meta.insert("membership", self.membership.as_slice())?;
