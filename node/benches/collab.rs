@@ -70,6 +70,7 @@ async fn run() -> anyhow::Result<()> {
         frame_limit: FrameLimit::default(),
         store: scratch.path().join("store").display().to_string(),
         idle_timeout: None,
+        tenant: "default".to_owned(),
     })
     .await?;
     let token = token::sign(

@@ -12,6 +12,8 @@
 //!   and the managed Python environment it runs in.
 //! - [`jail`]: the sandbox every kernel runs in — namespaces, a read-only root, cgroup limits,
 //!   seccomp, landlock, no capabilities.
+//! - [`egress`]: a jailed kernel's only way out — its namespace's TCP and DNS carried by the node
+//!   into the gateway's tunnel.
 //! - [`tls`]: the node's certificate (self-signed with a printed fingerprint, or from files).
 //!
 //! [`start`] assembles them; [`RunningNode::shutdown`] takes them apart again, leaving no
@@ -21,6 +23,7 @@
 
 pub mod collab;
 pub mod document;
+pub mod egress;
 pub mod jail;
 pub mod kernel;
 pub mod quic;
@@ -63,6 +66,9 @@ pub struct NodeConfig {
     pub store: String,
     /// Stop serving (after a snapshot) once no client has been connected for this long.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Who the document belongs to: the kernel's flows leave under this tenant's egress policy
+    /// and static addresses.
+    pub tenant: String,
 }
 
 /// Why a node could not start.
@@ -146,6 +152,8 @@ pub struct Assignment {
     pub store: String,
     /// Stop serving once no client has been connected for this long.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The tenant the document belongs to (egress policy and static addresses).
+    pub tenant: String,
 }
 
 impl NodeConfig {
@@ -164,6 +172,7 @@ impl NodeConfig {
                 token_key: self.token_key,
                 store: self.store,
                 idle_timeout: self.idle_timeout,
+                tenant: self.tenant,
             },
         )
     }
@@ -184,6 +193,7 @@ pub struct WarmNode {
     kernel: KernelBridge,
     kernel_events: tokio::sync::mpsc::UnboundedReceiver<kernel::KernelEvent>,
     frame_limit: FrameLimit,
+    egress: Option<crate::egress::Egress>,
 }
 
 /// Binds the endpoints and starts the kernel, without a document yet.
@@ -220,8 +230,23 @@ pub async fn warm(config: WarmConfig) -> Result<WarmNode, NodeError> {
         })?),
         None => None,
     };
+    let egress = config
+        .kernel
+        .jail
+        .as_ref()
+        .and_then(|jail| jail.egress.clone());
+    if let Some(egress) = &egress {
+        // The handshake happens now, not when the first cell connects somewhere.
+        let egress = egress.clone();
+        tokio::spawn(async move {
+            if let Err(error) = egress.connect().await {
+                tracing::warn!(%error, "the egress gateway is not reachable yet; flows will try again");
+            }
+        });
+    }
     let (kernel, kernel_events) = KernelBridge::start(config.kernel.clone()).await?;
     Ok(WarmNode {
+        egress,
         quic_addr,
         ws_addr,
         fingerprint: certificate.fingerprint,
@@ -260,6 +285,14 @@ impl WarmNode {
         )
         .await
         .map_err(Box::new)?;
+        if let Some(egress) = &self.egress {
+            egress.assign(crate::egress::FlowTags {
+                document: assignment.document.clone(),
+                tenant: assignment.tenant.clone(),
+            });
+            let document = document.clone();
+            egress.set_notify(Arc::new(move |text| document.notice(text)));
+        }
         let gate = Arc::new(Gate {
             document: assignment.document.clone(),
             epoch: assignment.epoch,

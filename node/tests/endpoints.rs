@@ -51,6 +51,7 @@ async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {
         frame_limit,
         store: store.path().display().to_string(),
         idle_timeout: None,
+        tenant: "default".to_owned(),
     })
     .await
     .expect("node starts");

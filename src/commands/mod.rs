@@ -84,6 +84,69 @@ pub struct PythonArgs {
     python_env: Option<PathBuf>,
 }
 
+/// Where kernels' network traffic goes: through the egress gateway's tunnel, or nowhere.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EgressArgs {
+    /// The egress gateway's QUIC tunnel (HOST:PORT, UDP). With it every kernel gets a network
+    /// in which each TCP connection and DNS query goes to this node and leaves through the
+    /// gateway, under the tenant's policy and from its static addresses. Without it kernels
+    /// have no network at all. Needs the jail, root, and the `ip` and `nft` commands.
+    #[arg(long, value_name = "ADDR", requires_all = ["egress_ca", "egress_cert", "egress_key"])]
+    pub egress_gateway: Option<std::net::SocketAddr>,
+    /// The DNS name in the gateway's certificate [default: "egress"].
+    #[arg(long, value_name = "NAME", requires = "egress_gateway")]
+    pub egress_server_name: Option<String>,
+    /// PEM certificate(s) the gateway's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "egress_gateway")]
+    pub egress_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM) for the tunnel; its DNS name must be one of the
+    /// gateway's [[nodes]].
+    #[arg(long, value_name = "FILE", requires = "egress_gateway")]
+    pub egress_cert: Option<PathBuf>,
+    /// The key of --egress-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "egress_gateway")]
+    pub egress_key: Option<PathBuf>,
+}
+
+impl EgressArgs {
+    /// Puts egress into `jail`, after checking what it needs; does nothing without
+    /// `--egress-gateway`.
+    pub fn apply(&self, jail: Option<&mut airlock_node::jail::JailConfig>) -> anyhow::Result<()> {
+        use airlock_egress::tunnel::{Identity, TunnelClientConfig, read_certs};
+        use anyhow::Context as _;
+        let Some(gateway) = self.egress_gateway else {
+            return Ok(());
+        };
+        let Some(jail) = jail else {
+            anyhow::bail!(
+                "--egress-gateway carries kernels' traffic out of the jail's network namespace, \
+                 and --insecure-no-jail has no such namespace: drop one of the two"
+            );
+        };
+        if let Some(missing) = airlock_node::egress::netns::missing_tools() {
+            anyhow::bail!("--egress-gateway needs {missing}");
+        }
+        let (Some(ca), Some(cert), Some(key)) =
+            (&self.egress_ca, &self.egress_cert, &self.egress_key)
+        else {
+            anyhow::bail!("--egress-gateway needs --egress-ca, --egress-cert and --egress-key");
+        };
+        let config = TunnelClientConfig {
+            gateway,
+            server_name: self
+                .egress_server_name
+                .clone()
+                .unwrap_or_else(|| "egress".to_owned()),
+            gateway_roots: read_certs(ca)
+                .with_context(|| format!("--egress-ca {}", ca.display()))?,
+            identity: Identity::from_pem_files(cert, key)
+                .context("reading --egress-cert and --egress-key")?,
+        };
+        jail.egress = Some(airlock_node::egress::Egress::new(config));
+        Ok(())
+    }
+}
+
 /// How kernels are sandboxed: jailed by default, with per-kernel limits taken from a tier and
 /// overridden field by field by the explicit limit flags.
 #[derive(Debug, clap::Args)]

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::task::TaskAgent;
-use super::{JailArgs, PythonArgs};
+use super::{EgressArgs, JailArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -103,10 +103,21 @@ pub struct Args {
     /// `airlock exec --connect-file`.
     #[arg(long, value_name = "FILE")]
     connect_file: Option<PathBuf>,
+    /// The tenant the document belongs to (standalone; with --task the claim says): its
+    /// flows leave under this tenant's egress policy and static addresses.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "default",
+        conflicts_with = "task"
+    )]
+    tenant: String,
     #[command(flatten)]
     python: PythonArgs,
     #[command(flatten)]
     jail: JailArgs,
+    #[command(flatten)]
+    egress: EgressArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -116,7 +127,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let jail = args.jail.config()?;
+    let mut jail = args.jail.config()?;
+    args.egress.apply(jail.as_mut())?;
     let python = args.python.interpreter().await?;
     let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
         (Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -171,6 +183,7 @@ async fn run_standalone(args: &Args, warm: WarmConfig) -> anyhow::Result<ExitCod
             token_key,
             store,
             idle_timeout: args.idle_timeout.map(Duration::from_secs),
+            tenant: args.tenant.clone(),
         })
         .await?;
     announce(&node, &doc, args.connect_file.as_deref())?;
@@ -250,6 +263,7 @@ async fn run_task(
             token_key,
             store: assignment.store.clone(),
             idle_timeout: Some(idle),
+            tenant: assignment.tenant.clone(),
         })
         .await?;
     tracing::info!(task, document = %assignment.document, epoch = assignment.epoch, "serving");

@@ -9,7 +9,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use seccompiler::BpfProgram;
@@ -71,6 +71,9 @@ pub(crate) struct ChildPlan {
     pub(crate) clone3: BpfProgram,
     /// Write end of the pipe the kernel reports a failed step on.
     pub(crate) report: OwnedFd,
+    /// The network namespace the node prepared (egress through the node), entered instead of
+    /// unsharing an empty one.
+    pub(crate) network: Option<RawFd>,
 }
 
 /// The names of the steps, indexed by the byte written to the report pipe.
@@ -94,6 +97,7 @@ pub(crate) const STEP_NAMES: &[&str] = &[
     "set no_new_privs",
     "apply landlock",
     "apply seccomp",
+    "enter the network namespace",
 ];
 
 /// A failed step: its index into [`STEP_NAMES`] and the `errno`.
@@ -209,16 +213,13 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
                 libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) as _,
             )?;
         }
-        check(
-            1,
-            libc::unshare(
-                libc::CLONE_NEWNS
-                    | libc::CLONE_NEWNET
-                    | libc::CLONE_NEWIPC
-                    | libc::CLONE_NEWUTS
-                    | libc::CLONE_NEWCGROUP,
-            ) as _,
-        )?;
+        let mut namespaces =
+            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+        match plan.network {
+            Some(network) => check(19, libc::setns(network, libc::CLONE_NEWNET) as _).map(drop)?,
+            None => namespaces |= libc::CLONE_NEWNET,
+        }
+        check(1, libc::unshare(namespaces) as _)?;
         check(
             2,
             libc::mount(

@@ -4,8 +4,9 @@
 //! What this module does: check that the host can jail at all ([`preflight`]), create a cgroup
 //! with the tier's limits for each kernel, and turn the bridge's kernel command into one that
 //! starts Python inside fresh namespaces. What it does not do: decide when a kernel starts or
-//! dies (that is the bridge), or route the kernel's network traffic (the namespace has loopback
-//! only until the egress tunnel lands).
+//! dies (that is the bridge), or carry the kernel's network traffic (with egress on, the node
+//! prepares the network namespace and the kernel enters it; see `crate::egress`; without, the
+//! kernel's namespace has loopback only).
 //!
 //! # The start sequence
 //!
@@ -171,6 +172,9 @@ pub struct JailConfig {
     /// namespace it is always uid 1000.
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Egress through the node and the gateway's tunnel: each kernel gets a network namespace
+    /// whose TCP and DNS the node carries (`crate::egress`). `None`: loopback only, no way out.
+    pub egress: Option<crate::egress::Egress>,
 }
 
 impl JailConfig {
@@ -190,6 +194,7 @@ impl Default for JailConfig {
             cgroup_parent: "airlock".to_owned(),
             uid_base: 1_000_000,
             uid_count: 65_536,
+            egress: None,
         }
     }
 }
@@ -199,6 +204,8 @@ impl Default for JailConfig {
 pub enum JailError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Network(#[from] crate::egress::NetworkError),
     #[error("could not set up the kernel's cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,

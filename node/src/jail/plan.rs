@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::process::Command;
 use super::cgroup::KernelCgroup;
 use super::child::{self, ChildPlan, JAIL_ID, Landlock, STEP_NAMES, Step};
 use super::{JailConfig, JailError, TierLimits, preflight, seccomp};
+use crate::egress::JailNetwork;
 
 /// Host folders bound read-only into the jail when they exist (symlinks are recreated as
 /// symlinks, as on merged-`/usr` systems).
@@ -51,6 +52,9 @@ const LL_TRUNCATE: u64 = 1 << 14;
 #[derive(Debug)]
 pub(crate) struct KernelJail {
     cgroup: Option<KernelCgroup>,
+    /// The kernel's network namespace and the node serving it, when egress is on. Dropped
+    /// with the jail: the listeners stop and the namespace goes with its last user.
+    network: Option<(OwnedFd, crate::egress::Serving)>,
     limits: TierLimits,
     /// Read end of the pipe the kernel reports a failed set-up step on.
     report: OwnedFd,
@@ -87,7 +91,13 @@ impl KernelJail {
         std::fs::create_dir(&staging).map_err(prepare_error(&staging))?;
 
         let mut layout = Layout::new(&staging);
-        layout.assemble(python, runtime_folder, &config.limits, host_id)?;
+        layout.assemble(
+            python,
+            runtime_folder,
+            &config.limits,
+            host_id,
+            config.egress.is_some(),
+        )?;
         let (report_read, report_write) = pipe().map_err(prepare_error(runtime_folder))?;
         let filters = seccomp::compile()?;
         let limits = config.limits;
@@ -99,11 +109,21 @@ impl KernelJail {
         // The cgroup comes last: from here on, any failure drops `jail`, which removes it.
         let cgroup =
             KernelCgroup::create(&host, &config.cgroup_parent, &kernel_name, &config.limits)?;
-        let jail = KernelJail {
+        let mut jail = KernelJail {
             cgroup: Some(cgroup),
+            network: None,
             limits,
             report: report_read,
         };
+        if let Some(egress) = &config.egress {
+            let JailNetwork {
+                namespace,
+                redirect,
+                dns,
+            } = JailNetwork::create()?;
+            let serving = egress.serve(redirect, dns)?;
+            jail.network = Some((namespace, serving));
+        }
         let cgroup_procs = match &jail.cgroup {
             Some(cgroup) => cgroup.open_procs()?,
             None => Vec::new(),
@@ -130,6 +150,10 @@ impl KernelJail {
             allow_list: filters.allow_list,
             clone3: filters.clone3,
             report: report_write,
+            network: jail
+                .network
+                .as_ref()
+                .map(|(namespace, _)| namespace.as_raw_fd()),
         };
 
         // The kernel sees none of the node's environment: no tokens, no store credentials.
@@ -313,6 +337,7 @@ impl Layout {
         runtime_folder: &Path,
         limits: &TierLimits,
         host_id: u32,
+        network: bool,
     ) -> Result<(), JailError> {
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);
@@ -356,6 +381,13 @@ impl Layout {
             &etc.join("nsswitch.conf"),
             b"passwd: files\ngroup: files\nhosts: files dns\n".to_vec(),
         )?;
+        if network {
+            // The node answers DNS inside the kernel's namespace (crate::egress).
+            self.write(
+                &etc.join("resolv.conf"),
+                b"nameserver 127.0.0.1\noptions timeout:5 attempts:2\n".to_vec(),
+            )?;
+        }
         for name in ETC_COPIES {
             let host = etc.join(name);
             if let Ok(content) = std::fs::read(&host) {

@@ -203,6 +203,7 @@ impl JailedNode {
             frame_limit: FrameLimit::default(),
             store: "memory://".into(),
             idle_timeout: None,
+            tenant: "default".to_owned(),
         });
         let node = tokio::time::timeout(PATIENCE, start)
             .await

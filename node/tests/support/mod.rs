@@ -80,6 +80,7 @@ impl TestNode {
             frame_limit: airlock_protocol::FrameLimit::default(),
             store: store.display().to_string(),
             idle_timeout: None,
+            tenant: "default".to_owned(),
         })
         .await
         .expect("node starts");

@@ -5,7 +5,7 @@ use airlock_protocol::SessionId;
 use airlock_protocol::{ClientMessage, ErrorCode, ErrorReply, KernelStatus, Role, ServerMessage};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{Broadcast, DocumentActor, Join, Leave, Request, Shutdown};
+use super::{Broadcast, DocumentActor, Join, Leave, Notice, Request, Shutdown};
 
 /// What a session gets when it joins.
 #[derive(Debug)]
@@ -92,6 +92,11 @@ impl DocumentHandle {
             .send(Request { session, message })
             .await
             .unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Shows `text` in the output of whatever the kernel is running (see [`Notice`]).
+    pub fn notice(&self, text: String) {
+        self.addr.do_send(Notice { text });
     }
 
     /// Stops the document: a snapshot, then the kernel. Returns once both are done.

@@ -361,6 +361,14 @@ pub(crate) struct Request {
 #[rtype(result = "()")]
 pub(crate) struct Shutdown;
 
+/// A line from the node itself for the code that is running (an egress refusal), shown on its
+/// stderr.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Notice {
+    pub text: String,
+}
+
 /// A commit finished (sent to self).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -413,6 +421,37 @@ impl Handler<Join> for DocumentActor {
             events: self.events.subscribe(),
             direct: direct_rx,
         })
+    }
+}
+
+impl Handler<Notice> for DocumentActor {
+    type Result = ();
+
+    /// The notice joins the outputs of the cell that is running, else of the oldest ad-hoc run
+    /// (the kernel runs requests in order), as if the kernel had written it to stderr.
+    fn handle(&mut self, notice: Notice, _ctx: &mut Context<Self>) {
+        let running = self
+            .current
+            .as_ref()
+            .map(|current| current.run)
+            .or_else(|| {
+                self.runs
+                    .iter()
+                    .filter(|(_, kind)| matches!(kind, RunKind::Adhoc))
+                    .map(|(run, _)| *run)
+                    .min()
+            });
+        let Some(run) = running else {
+            info!(text = %notice.text.trim_end(), "node notice with no run to show it in");
+            return;
+        };
+        self.on_kernel_event(KernelEvent::Output {
+            run,
+            output: airlock_protocol::Output::Stream {
+                name: airlock_protocol::StreamName::Stderr,
+                text: notice.text,
+            },
+        });
     }
 }
 
