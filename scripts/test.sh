@@ -23,6 +23,16 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   fi
 fi
 
+# Kernels' egress: the node builds each kernel's network namespace with `ip` and `nft`.
+if ! command -v nft >/dev/null || ! command -v ip >/dev/null; then
+  say "Installing iproute2 and nftables (apt) for the kernels' egress"
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables
+  else
+    echo "warning: ip or nft is missing and cannot be installed here; the egress tests will say they skip" >&2
+  fi
+fi
+
 if [[ $quick -eq 0 ]]; then
   say "cargo fmt --check"
   cargo fmt --all -- --check
