@@ -98,6 +98,10 @@ pub struct ConnectArgs {
     /// Who the session is for, with --coordinator.
     #[arg(global = true, long, value_name = "NAME", default_value = "cli")]
     user: String,
+    /// The tenant the document belongs to, with --coordinator: its kernel's connections leave
+    /// under this tenant's egress policy and static IPs [default: the coordinator's "default"].
+    #[arg(global = true, long, value_name = "NAME")]
+    tenant: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -213,7 +217,12 @@ impl ConnectArgs {
         let doc = self.doc.as_deref().context("--coordinator needs --doc")?;
         let api = airlock_coordinator::client::ApiClient::new(coordinator, api_token)?;
         let session = api
-            .claim(doc, &self.user, airlock_protocol::token::Role::Editor)
+            .claim_for_tenant(
+                doc,
+                self.tenant.as_deref(),
+                &self.user,
+                airlock_protocol::token::Role::Editor,
+            )
             .await
             .with_context(|| format!("claiming a session on {doc:?}"))?;
         let target = match (&session.quic, &session.websocket) {

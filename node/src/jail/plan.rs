@@ -202,6 +202,8 @@ impl KernelJail {
     /// Kills whatever is left in the cgroup and removes it, waiting (asynchronously) for the
     /// processes to go.
     pub(crate) async fn destroy(&mut self) {
+        // The node's listeners in the kernel's namespace go first: nothing more is relayed.
+        self.network = None;
         let Some(cgroup) = self.cgroup.take() else {
             return;
         };
