@@ -3,12 +3,20 @@
 //! bulk throughput).
 //!
 //! Everything runs on loopback: a TCP server, the gateway's CONNECT and SOCKS5 front ends
-//! (tenant `bench`, carve-out for the server, static source 127.0.0.2) and squid as a CONNECT
-//! proxy with `tcp_outgoing_address 127.0.0.2`. Measures:
-//! - connect: TCP connect + proxy handshake + a 1-byte echo, per connection; "added" is the
+//! (tenant `bench`, carve-out for the server, static source 127.0.0.2), its QUIC tunnel (mutual
+//! TLS with a CA, gateway and node certificates made here; node `node.bench` may serve tenant
+//! `bench`) and squid as a CONNECT proxy with `tcp_outgoing_address 127.0.0.2`. The tunnel is
+//! the path kernels use: a node connects one [`TunnelClient`] once, so the QUIC handshake is not
+//! part of any sample, and each redirected connection is one `open_flow`. Measures:
+//! - connect: TCP connect + proxy handshake + a 1-byte echo per connection (for the tunnel:
+//!   `open_flow`, which waits for the gateway's TCP connect, + the same echo); "added" is the
 //!   percentile minus the direct connection's same percentile;
-//! - bulk: one connection downloading `BULK_BYTES` from the server, as MB/s and as a share of
-//!   the direct connection.
+//! - bulk: one connection (one flow) downloading `EGRESS_BENCH_MB` MiB from the server, as MB/s
+//!   and as a share of the direct connection.
+//!
+//! The node's side of the tunnel (QUIC and TLS in user space) runs in this process beside the
+//! gateway, on the same two worker threads, so the tunnel's figures include work a real node
+//! does on its own machine.
 //!
 //! Run with `cargo bench -p airlock-egress --bench egress`. If squid is not installed the bench
 //! tries `apt-get install -y squid`, and if that fails prints why and measures Airlock alone.
@@ -21,9 +29,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use airlock_egress::audit::{AuditLog, AuditSink};
+use airlock_egress::tunnel::{Destination, Identity, TunnelClient, TunnelClientConfig};
 use airlock_egress::{Config, Gateway, Listeners};
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const BUFFER: usize = 256 * 1024;
@@ -72,23 +83,31 @@ async fn start_server() -> SocketAddr {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Route {
+enum Route<'a> {
     Direct,
     AirlockConnect(SocketAddr),
     AirlockSocks(SocketAddr),
+    /// A node's connection to the gateway, connected once before any sample.
+    AirlockTunnel(&'a TunnelClient),
     SquidConnect(SocketAddr),
 }
 
-impl Route {
+impl Route<'_> {
     fn name(self) -> &'static str {
         match self {
             Route::Direct => "direct",
             Route::AirlockConnect(_) => "airlock CONNECT",
             Route::AirlockSocks(_) => "airlock SOCKS5",
+            Route::AirlockTunnel(_) => "airlock tunnel",
             Route::SquidConnect(_) => "squid CONNECT",
         }
     }
 }
+
+/// A connection through any route: a TCP stream or a tunnel flow.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 async fn http_connect(proxy: SocketAddr, target: SocketAddr, auth: bool) -> TcpStream {
     let mut stream = TcpStream::connect(proxy).await.unwrap();
@@ -135,21 +154,27 @@ async fn socks5(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     stream
 }
 
-async fn open(route: Route, target: SocketAddr) -> TcpStream {
+async fn open(route: Route<'_>, target: SocketAddr) -> Box<dyn Stream> {
     match route {
         Route::Direct => {
             let stream = TcpStream::connect(target).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            stream
+            Box::new(stream)
         }
-        Route::AirlockConnect(proxy) => http_connect(proxy, target, true).await,
-        Route::AirlockSocks(proxy) => socks5(proxy, target).await,
-        Route::SquidConnect(proxy) => http_connect(proxy, target, false).await,
+        Route::AirlockConnect(proxy) => Box::new(http_connect(proxy, target, true).await),
+        Route::AirlockSocks(proxy) => Box::new(socks5(proxy, target).await),
+        Route::AirlockTunnel(client) => Box::new(
+            client
+                .open_flow(Destination::addr(target), "bench", "bench")
+                .await
+                .unwrap(),
+        ),
+        Route::SquidConnect(proxy) => Box::new(http_connect(proxy, target, false).await),
     }
 }
 
 /// Connect + handshake + 1-byte echo, `n` times: sorted latencies.
-async fn connect_latencies(route: Route, target: SocketAddr, n: usize) -> Vec<Duration> {
+async fn connect_latencies(route: Route<'_>, target: SocketAddr, n: usize) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -169,7 +194,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// MB/s of one download of `bytes`.
-async fn bulk(route: Route, target: SocketAddr, bytes: u64) -> f64 {
+async fn bulk(route: Route<'_>, target: SocketAddr, bytes: u64) -> f64 {
     let mut stream = open(route, target).await;
     let mut request = vec![b'b'];
     request.extend_from_slice(&bytes.to_be_bytes());
@@ -279,7 +304,58 @@ fn path_of(squid: &Squid) -> &Path {
     squid._dir.path()
 }
 
-async fn start_gateway(target: SocketAddr) -> (Gateway, SocketAddr, SocketAddr) {
+/// The tunnel's certificates: a CA signing the gateway's certificate (PEM files in `dir`, which
+/// `[tunnel]` names) and the node's client certificate.
+struct TunnelPki {
+    dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+    node: Identity,
+}
+
+const GATEWAY_NAME: &str = "gateway.bench";
+const NODE_NAME: &str = "node.bench";
+
+impl TunnelPki {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "airlock bench CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let leaf = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = leaf(GATEWAY_NAME);
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("gateway.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("gateway.key"), key).unwrap();
+        let (cert, key) = leaf(NODE_NAME);
+        let node = Identity {
+            chain: vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        };
+        TunnelPki {
+            ca: ca.der().clone(),
+            dir,
+            node,
+        }
+    }
+}
+
+/// The gateway's front ends.
+struct GatewayAddrs {
+    connect: SocketAddr,
+    socks: SocketAddr,
+    tunnel: SocketAddr,
+}
+
+async fn start_gateway(target: SocketAddr, pki: &TunnelPki) -> (Gateway, GatewayAddrs) {
     let text = format!(
         r#"
 [gateway]
@@ -287,8 +363,16 @@ region = "bench"
 [listen]
 connect = "127.0.0.1:0"
 socks = "127.0.0.1:0"
+tunnel = "127.0.0.1:0"
 [resolver]
 upstreams = ["127.0.0.1:53"]
+[tunnel]
+cert = "{dir}/gateway.pem"
+key = "{dir}/gateway.key"
+client_ca = "{dir}/ca.pem"
+[[nodes]]
+name = "{NODE_NAME}"
+tenants = ["bench"]
 [[tenants]]
 name = "bench"
 static_ips = {{ bench = ["127.0.0.2"] }}
@@ -299,10 +383,13 @@ password = "bench"
 tenant = "bench"
 document = "bench"
 "#,
+        dir = pki.dir.path().display(),
         port = target.port()
     );
     let config = Config::parse(&text).unwrap();
-    let listeners = Listeners::bind(&config.listen, None).await.unwrap();
+    let listeners = Listeners::bind(&config.listen, config.tunnel.as_ref())
+        .await
+        .unwrap();
     let addrs = listeners.addresses();
     let audit = AuditLog::start(AuditSink::Discard).unwrap();
     let gateway = Gateway::new(config, &addrs.all(), audit).unwrap();
@@ -312,7 +399,12 @@ document = "bench"
         std::future::pending(),
         Duration::ZERO,
     ));
-    (gateway, addrs.connect.unwrap(), addrs.socks.unwrap())
+    let addrs = GatewayAddrs {
+        connect: addrs.connect.unwrap(),
+        socks: addrs.socks.unwrap(),
+        tunnel: addrs.tunnel.unwrap(),
+    };
+    (gateway, addrs)
 }
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -339,7 +431,17 @@ async fn run() {
     let connects = env_number("EGRESS_BENCH_CONNECTS", 2000);
     let megabytes = env_number("EGRESS_BENCH_MB", 512) as u64;
     let target = start_server().await;
-    let (_gateway, connect, socks) = start_gateway(target).await;
+    let pki = TunnelPki::new();
+    let (_gateway, front_ends) = start_gateway(target, &pki).await;
+    // As a node does: one connection, made before any flow.
+    let tunnel = TunnelClient::connect(TunnelClientConfig {
+        gateway: front_ends.tunnel,
+        server_name: GATEWAY_NAME.to_owned(),
+        gateway_roots: vec![pki.ca.clone()],
+        identity: pki.node.clone(),
+    })
+    .await
+    .unwrap();
     let squid = match start_squid().await {
         Ok(squid) => Some(squid),
         Err(why) => {
@@ -349,8 +451,9 @@ async fn run() {
     };
     let mut routes = vec![
         Route::Direct,
-        Route::AirlockConnect(connect),
-        Route::AirlockSocks(socks),
+        Route::AirlockConnect(front_ends.connect),
+        Route::AirlockSocks(front_ends.socks),
+        Route::AirlockTunnel(&tunnel),
     ];
     if let Some(squid) = &squid {
         routes.push(Route::SquidConnect(squid.addr));
@@ -370,7 +473,7 @@ async fn run() {
         }
     }
     println!(
-        "\negress connect latency: TCP connect + proxy handshake + 1-byte echo, {connects} connections per route, interleaved, loopback"
+        "\negress connect latency: TCP connect + proxy handshake + 1-byte echo (tunnel: open_flow + echo), {connects} connections per route, interleaved, loopback"
     );
     println!(
         "{:<18} {:>10} {:>10} {:>14} {:>14}",
@@ -429,5 +532,6 @@ async fn run() {
             if share_ok { "ok" } else { "MISSED" }
         );
     }
+    tunnel.close();
     drop(squid);
 }
