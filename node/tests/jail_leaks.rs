@@ -134,3 +134,74 @@ async fn fifty_jails_leave_nothing_behind() {
         kernel_pids.len()
     );
 }
+
+/// Descriptors this process holds that are sockets or namespaces.
+fn sockets_and_namespaces() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.starts_with("socket:") || target.starts_with("net:")
+        })
+        .count()
+}
+
+/// Egress on, towards a gateway that is not there: what the kernel sees of the network the node
+/// built, and that retiring the jail lets go of the namespace (its handle and the node's sockets
+/// in it are the only things keeping it alive once the kernel is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_jails_see_only_the_node_and_release_their_namespace() {
+    if let Some(missing) = airlock_node::egress::netns::missing_tools() {
+        println!("skipped: egress needs {missing}");
+        return;
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["node.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let egress = airlock_node::egress::Egress::new(airlock_egress::tunnel::TunnelClientConfig {
+        // Nothing listens on the discard port; no flow is ever assigned anyway.
+        gateway: "127.0.0.1:9".parse().unwrap(),
+        server_name: "egress".to_owned(),
+        gateway_roots: vec![cert.der().clone()],
+        identity: airlock_egress::tunnel::Identity {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        },
+    });
+    let mut config = jail_config("egress-leaks");
+    config.egress = Some(egress);
+    let before = sockets_and_namespaces();
+    for round in 0..3 {
+        let mut jailed = Jailed::start(config.clone()).await;
+        let seen = jailed
+            .ok(r#"
+import socket
+print(open("/etc/resolv.conf").read().split()[1])
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    udp.sendto(b"x", ("8.8.8.8", 53))
+    print("udp sent")
+except PermissionError:
+    print("udp dropped")
+try:
+    tcp = socket.create_connection(("1.1.1.1", 80), timeout=5)
+    tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    print("tcp read", tcp.recv(10))
+except ConnectionResetError:
+    print("tcp reset")
+"#)
+            .await;
+        // DNS is the node's; UDP elsewhere is dropped at once; TCP reaches the node, which
+        // resets it because it has no document (so no tags) yet.
+        assert_eq!(seen, "127.0.0.1\nudp dropped\ntcp reset\n", "round {round}");
+        jailed.shutdown().await;
+    }
+    assert_eq!(
+        sockets_and_namespaces(),
+        before,
+        "every namespace handle and socket of the retired jails is closed"
+    );
+}
