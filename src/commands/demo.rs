@@ -2,8 +2,8 @@
 //!
 //! It starts a region on this machine (as `airlock dev` does), claims a document through the
 //! coordinator, connects one client over QUIC and one over WebSocket, and shows what each sees:
-//! shared outputs, rich display, errors, an interrupt, the jail, a reactive notebook, a refusal,
-//! and the timings. Everything it starts, it stops.
+//! shared outputs, rich display, errors, an interrupt, the jail, a connection the egress gateway
+//! refuses, a reactive notebook, a refusal, and the timings. Everything it starts, it stops.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use airlock_protocol::{ClientMessage, Output, RunStatus, ServerMessage};
 use anyhow::{Context as _, bail};
 
 use super::dev::{DevOptions, DevRegion};
+use super::dev_egress::KernelNetwork;
 use super::render::{Renderer, describe};
 use super::{JailArgs, PythonArgs};
 
@@ -28,6 +29,10 @@ pub struct Args {
     python: PythonArgs,
     #[command(flatten)]
     jail: JailArgs,
+    /// Run no egress gateway: kernels then have no network at all, and the tour's egress step
+    /// says so instead of trying the metadata address.
+    #[arg(long)]
+    no_egress: bool,
 }
 
 const DOC: &str = "demo-notebook";
@@ -46,9 +51,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     say(&format!("interpreter: {}", python.display()));
     let insecure = args.jail.config()?.is_none();
 
-    step(
-        "Starting a region on this machine: a coordinator (Raft, one member), a warm pool of 2 jailed kernels, a document store",
-    );
+    step(&format!(
+        "Starting a region on this machine: a coordinator (Raft, one member), a warm pool of 2 \
+         jailed kernels, {}a document store",
+        if args.no_egress || insecure {
+            ""
+        } else {
+            "the egress gateway, "
+        }
+    ));
     let data = tempfile::tempdir().context("making a data folder")?;
     let t = Instant::now();
     let region = DevRegion::start(DevOptions {
@@ -56,10 +67,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         data: data.path().to_owned(),
         warm: 2,
         insecure_no_jail: insecure,
+        no_egress: args.no_egress,
         python: Some(python),
     })
     .await?;
     say(&format!("coordinator API at {}", region.api_url));
+    for line in region.network_lines() {
+        say(&line);
+    }
     let warm = region.wait_warm(2, Duration::from_secs(180)).await;
     let result = match warm {
         Ok(_) => {
@@ -115,7 +130,7 @@ async fn tour(region: &DevRegion, round_trips: usize) -> anyhow::Result<()> {
     ));
     print_outputs("ada sees", &report.outputs);
     ada.close().await;
-    people(&quic, &ws, &tokens, round_trips).await
+    people(&quic, &ws, &tokens, &region.network, round_trips).await
 }
 
 fn targets(session: &Session) -> anyhow::Result<(Target, Target)> {
@@ -202,6 +217,7 @@ async fn people(
     quic: &Target,
     ws: &Target,
     tokens: &Tokens,
+    network: &KernelNetwork,
     round_trips: usize,
 ) -> anyhow::Result<()> {
     step("Ada connects over QUIC, Grace over WebSocket; both are editors");
@@ -265,22 +281,8 @@ async fn people(
     let report = ada.run("'still here'", |_| {}).await?;
     print_outputs("ada sees", &report.outputs);
 
-    step("The kernel runs in a jail: no host files, no network, no privileges");
-    let code = "import os, socket\n\
-                def attempt(what, f):\n\
-                \x20   try:\n\
-                \x20       f(); print(f'{what}: allowed')\n\
-                \x20   except OSError as e:\n\
-                \x20       print(f'{what}: {e.strerror}')\n\
-                attempt('read /etc/shadow', lambda: open('/etc/shadow').read())\n\
-                attempt('write /usr/evil', lambda: open('/usr/evil', 'w'))\n\
-                attempt('connect 1.1.1.1:80', lambda: socket.create_connection(('1.1.1.1', 80), timeout=2))\n\
-                print('processes visible:', sum(p.isdigit() for p in os.listdir('/proc')), '| uid:', os.getuid())";
-    show_code(
-        "attempt('read /etc/shadow', …); attempt('write /usr/evil', …); attempt('connect 1.1.1.1:80', …)",
-    );
-    let report = ada.run(code, |_| {}).await?;
-    print_outputs("ada sees", &report.outputs);
+    jail_step(&mut ada, network.gateway().is_some()).await?;
+    egress_step(&mut ada, network).await?;
 
     notebook_tour(&mut ada, &mut grace).await?;
 
@@ -308,6 +310,121 @@ async fn people(
     );
     ada.close().await;
     grace.close().await;
+    Ok(())
+}
+
+/// Shows what the jail refuses. With the egress gateway, TCP leaves through it (the next step),
+/// so the network attempt here is UDP, which the kernel's namespace drops.
+async fn jail_step(ada: &mut Client, egress: bool) -> anyhow::Result<()> {
+    let (title, network_attempt) = if egress {
+        (
+            "The kernel runs in a jail: no host files, no network but the egress gateway, no privileges",
+            "attempt('send UDP to 1.1.1.1:53', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('1.1.1.1', 53)))",
+        )
+    } else {
+        (
+            "The kernel runs in a jail: no host files, no network, no privileges",
+            "attempt('connect 1.1.1.1:80', lambda: socket.create_connection(('1.1.1.1', 80), timeout=2))",
+        )
+    };
+    step(title);
+    let code = format!(
+        "import os, socket\n\
+         def attempt(what, f):\n\
+         \x20   try:\n\
+         \x20       f(); print(f'{{what}}: allowed')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(f'{{what}}: {{e.strerror}}')\n\
+         attempt('read /etc/shadow', lambda: open('/etc/shadow').read())\n\
+         attempt('write /usr/evil', lambda: open('/usr/evil', 'w'))\n\
+         {network_attempt}\n\
+         print('processes visible:', sum(p.isdigit() for p in os.listdir('/proc')), '| uid:', os.getuid())"
+    );
+    let shown = network_attempt
+        .split_once(", lambda")
+        .map_or(network_attempt, |(head, _)| head);
+    show_code(&format!(
+        "attempt('read /etc/shadow', …); attempt('write /usr/evil', …); {shown}, …)"
+    ));
+    let report = ada.run(&code, |_| {}).await?;
+    print_outputs("ada sees", &report.outputs);
+    Ok(())
+}
+
+/// What a kernel's notice of a refused connection starts with (written by the node).
+const EGRESS_NOTICE: &str = "[airlock egress]";
+
+/// A cell tries the cloud metadata address; the gateway refuses it at once and the cell says
+/// why.
+async fn egress_step(ada: &mut Client, network: &KernelNetwork) -> anyhow::Result<()> {
+    step(
+        "Kernel code reaches out only through the egress gateway: it refuses the cloud metadata address",
+    );
+    let gateway = match network {
+        KernelNetwork::Gateway(gateway) => gateway,
+        other => {
+            let why = other.without_gateway().unwrap_or_default();
+            say(&format!("skipped: egress is {why}"));
+            return Ok(());
+        }
+    };
+    let import = "import urllib.request";
+    show_code(import);
+    ada.run(import, |_| {}).await?;
+    let code = "urllib.request.urlopen(\"http://169.254.169.254/latest/meta-data/\", timeout=5)";
+    show_code(code);
+    let mut audit = gateway.subscribe();
+    let t = Instant::now();
+    let mut notice_after = None;
+    let report = ada
+        .run(code, |message| {
+            if let ServerMessage::Output(out) = message
+                && let Output::Stream { text, .. } = &out.output
+                && text.contains(EGRESS_NOTICE)
+            {
+                notice_after.get_or_insert_with(|| t.elapsed());
+            }
+        })
+        .await?;
+    let took = t.elapsed();
+    print_outputs("ada sees", &report.outputs);
+    match notice_after {
+        Some(after) => say(&format!(
+            "refused in {:.1} ms: the reason reached ada that long after she ran the cell (the \
+             cell ended, traceback and all, at {:.0} ms; nothing waited for the 5 s timeout)",
+            after.as_secs_f64() * 1e3,
+            took.as_secs_f64() * 1e3
+        )),
+        None => bail!(
+            "the cell got no `{EGRESS_NOTICE}` line; see the task logs and {}",
+            gateway.files.audit.display()
+        ),
+    }
+    let record = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match audit.recv().await {
+                Ok(record) if record.requested_host == "169.254.169.254" => return Some(record),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(record) = record {
+        say(&format!(
+            "audit record (flow {}, {}): tenant {}, document {}, node {}, verdict {} ({}), decided in {} ms",
+            record.flow,
+            gateway.files.audit.display(),
+            record.tenant,
+            record.document,
+            record.node.as_deref().unwrap_or("-"),
+            format!("{:?}", record.verdict).to_lowercase(),
+            record.class,
+            record.duration_ms
+        ));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `airlock dev`: a whole region on this machine in one process — a single-member coordinator,
-//! the local driver with a warm pool of jailed kernels, and a document store in a folder.
+//! the local driver with a warm pool of jailed kernels, the egress gateway their network goes
+//! through ([`super::dev_egress`]), and a document store in a folder.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_coordinator::api::{ApiRole, ApiToken};
+use airlock_coordinator::client::ApiClient;
 use airlock_coordinator::cluster::{self, ProcessConfig, RunningCoordinator};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
 use airlock_coordinator::model::{PoolTarget, RuntimeVersion, Tier};
@@ -19,12 +21,30 @@ use airlock_coordinator::service::CoordinatorConfig;
 use anyhow::Context as _;
 
 use super::PythonArgs;
+use super::dev_egress::KernelNetwork;
+
+/// What `airlock dev --help` teaches after the flags.
+const GUIDE: &str = "\
+Kernels' network: dev also runs the egress gateway in-process, as production does. Each
+jailed kernel gets a network namespace whose TCP connections and DNS queries go to its node
+and leave through the gateway's QUIC tunnel (127.0.0.1, mutual TLS), from this host's
+outbound address, for tenant \"default\": public destinations are allowed; loopback, private
+ranges, the cloud metadata address (169.254.169.254) and this host itself are refused, and the
+cell that tried gets a line `[airlock egress] host:port denied: <reason>` on stderr. Its
+certificates, config (egress.toml) and audit log (audit.jsonl, one JSON line per flow) are in
+<data>/egress/. The coordinator publishes the static address (GET /v1/egress-ips).
+With --no-egress, or without the `ip` and `nft` commands, there is no gateway and kernels
+have no network at all. With --insecure-no-jail there is no gateway either, and kernels use
+this host's network directly, unchecked.
+
+Then, in another terminal:
+  airlock notebook --coordinator http://127.0.0.1:7700 --api-token <token> --doc hello import examples/orders-by-region.ipynb
+  airlock notebook --coordinator http://127.0.0.1:7700 --api-token <token> --doc hello run
+  airlock exec --coordinator http://127.0.0.1:7700 --api-token <token> --doc hello -c 'import urllib.request; urllib.request.urlopen(\"http://169.254.169.254/\", timeout=5)'
+  airlock status --coordinator http://127.0.0.1:7700 --api-token <token>";
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Then, in another terminal:\n  \
-    airlock notebook --coordinator http://127.0.0.1:7700 --api-token <token> --doc hello import examples/orders-by-region.ipynb\n  \
-    airlock notebook --coordinator http://127.0.0.1:7700 --api-token <token> --doc hello run\n  \
-    airlock status --coordinator http://127.0.0.1:7700 --api-token <token>")]
+#[command(after_help = GUIDE)]
 pub struct Args {
     /// Where the coordinator's HTTP API listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
@@ -39,9 +59,16 @@ pub struct Args {
     /// Run kernels WITHOUT the jail (hosts that fail the jail's preflight; never production).
     #[arg(long)]
     insecure_no_jail: bool,
+    /// Do not run the egress gateway: kernels then have no network at all (otherwise their
+    /// connections leave through the gateway, under its policy; see below).
+    #[arg(long)]
+    no_egress: bool,
     #[command(flatten)]
     python: PythonArgs,
 }
+
+/// The region `dev` runs; it picks the static egress addresses in the gateway's config.
+pub const REGION: &str = "local";
 
 /// A region on this machine, as `dev` and `demo` run it.
 #[derive(Debug)]
@@ -50,6 +77,8 @@ pub struct DevRegion {
     pub api_url: String,
     pub operator_token: String,
     pub data: PathBuf,
+    /// The egress gateway kernels' connections go through, or why they have no network.
+    pub network: KernelNetwork,
     /// Short folder for the tasks' kernel sockets (socket paths must stay under 108 bytes).
     _runtime: tempfile::TempDir,
 }
@@ -61,6 +90,8 @@ pub struct DevOptions {
     pub data: PathBuf,
     pub warm: u32,
     pub insecure_no_jail: bool,
+    /// Run no egress gateway (kernels get no network).
+    pub no_egress: bool,
     /// The interpreter tasks' kernels use (`--python`), if not the managed environment.
     pub python: Option<PathBuf>,
 }
@@ -84,7 +115,7 @@ impl DevRegion {
             tls,
         );
         let store = options.data.join("documents").display().to_string();
-        let mut coordinator = CoordinatorConfig::local("local", store, String::new());
+        let mut coordinator = CoordinatorConfig::local(REGION, store, String::new());
         coordinator.pools = vec![(
             Tier("standard".into()),
             PoolTarget {
@@ -120,15 +151,84 @@ impl DevRegion {
                 role: ApiRole::Operator,
             }],
         };
+        let mut network = KernelNetwork::start(
+            &options.data.join("egress"),
+            REGION,
+            options.no_egress,
+            options.insecure_no_jail,
+        )
+        .await;
         config.coordinator.extra_node_args = python_args;
-        let running = cluster::start(config, Some(driver), None).await?;
+        config
+            .coordinator
+            .extra_node_args
+            .extend(network.node_args());
+        let running = match cluster::start(config, Some(driver), None).await {
+            Ok(running) => running,
+            Err(err) => {
+                network.shutdown().await;
+                return Err(err.into());
+            }
+        };
+        let api_url = format!("http://{}", running.api_addr);
+        if let KernelNetwork::Gateway(gateway) = &mut network {
+            let published = match ApiClient::new(&api_url, &operator_token) {
+                Ok(api) => gateway.publish(&api, Duration::from_secs(30)).await,
+                Err(err) => Err(err.into()),
+            };
+            if let Err(err) = published {
+                running.shutdown().await;
+                network.shutdown().await;
+                return Err(err);
+            }
+        }
         Ok(DevRegion {
-            api_url: format!("http://{}", running.api_addr),
+            api_url,
             running,
             operator_token,
             data: options.data,
+            network,
             _runtime: runtime,
         })
+    }
+
+    /// Lines saying where kernels' connections go, for a banner.
+    pub fn network_lines(&self) -> Vec<String> {
+        let gateway = match &self.network {
+            KernelNetwork::Gateway(gateway) => gateway,
+            other => {
+                return other
+                    .without_gateway()
+                    .map(|line| format!("egress         {line}"))
+                    .into_iter()
+                    .collect();
+            }
+        };
+        let ips = match &gateway.published {
+            Some(published) => published
+                .iter()
+                .map(|(tenant, ips)| {
+                    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                    format!("{tenant}: {}", ips.join(" "))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => "none: this host has no outbound IPv4 address, so the gateway denies every \
+                     kernel flow for lack of a static address"
+                .to_owned(),
+        };
+        vec![
+            format!(
+                "egress tunnel  {} (QUIC, mutual TLS; config {})",
+                gateway.tunnel,
+                gateway.files.config.display()
+            ),
+            format!("audit log      {}", gateway.files.audit.display()),
+            format!(
+                "egress IPs     {ips}   (GET {}/v1/egress-ips)",
+                self.api_url
+            ),
+        ]
     }
 
     /// Waits until `count` warm tasks are ready, printing progress; errors after `patience`.
@@ -161,8 +261,10 @@ impl DevRegion {
         }
     }
 
+    /// Stops the coordinator (and with it the warm kernels), then the egress gateway.
     pub async fn shutdown(self) {
         self.running.shutdown().await;
+        self.network.shutdown().await;
     }
 }
 
@@ -197,12 +299,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(data) => data,
         None => default_data()?,
     };
-    eprintln!("starting a region on this machine: coordinator, warm pool, document store");
+    eprintln!(
+        "starting a region on this machine: coordinator, warm pool, {}document store",
+        if args.no_egress || args.insecure_no_jail {
+            ""
+        } else {
+            "egress gateway, "
+        }
+    );
     let region = DevRegion::start(DevOptions {
         api: args.api,
         data,
         warm: args.warm,
         insecure_no_jail: args.insecure_no_jail,
+        no_egress: args.no_egress,
         python: Some(python),
     })
     .await?;
@@ -216,6 +326,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("  API            {url}   (OpenAPI: {url}/openapi.json)");
     println!("  operator token {token}");
     println!("  data           {}", region.data.display());
+    for line in region.network_lines() {
+        println!("  {line}");
+    }
     println!();
     println!("Try:");
     println!(
@@ -225,10 +338,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "  airlock notebook --coordinator {url} --api-token {token} --doc hello import examples/orders-by-region.ipynb"
     );
     println!("  airlock notebook --coordinator {url} --api-token {token} --doc hello run");
+    if region.network.gateway().is_some() {
+        println!(
+            "  airlock exec --coordinator {url} --api-token {token} --doc hello -c 'import urllib.request; urllib.request.urlopen(\"http://169.254.169.254/\", timeout=5)'   # refused: the metadata address"
+        );
+    }
     println!("  airlock status --coordinator {url} --api-token {token}");
     println!();
     println!("Press Ctrl-C to stop (warm kernels stop with it; documents stay in the store).");
-    let _ = tokio::signal::ctrl_c().await;
+    super::wait_for_signal().await;
     eprintln!("stopping the region");
     region.shutdown().await;
     Ok(ExitCode::SUCCESS)

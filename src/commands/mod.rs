@@ -3,6 +3,7 @@
 mod coordinator;
 mod demo;
 mod dev;
+mod dev_egress;
 mod egress;
 mod exec;
 mod keys;
