@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_coordinator::api::{ApiRole, ApiToken, EgressIps};
-use airlock_coordinator::client::{ApiClient, parse_egress_ip_file};
+use airlock_coordinator::client::parse_egress_ip_file;
 use airlock_coordinator::cluster::{self, ProcessConfig};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
 use airlock_coordinator::model::{PoolTarget, RuntimeVersion, Tier};
@@ -18,7 +18,6 @@ use airlock_coordinator::raft::RaftConfig;
 use airlock_coordinator::raft::tls::{ClusterCa, TlsMaterial};
 use airlock_coordinator::service::CoordinatorConfig;
 use anyhow::Context as _;
-use base64::Engine as _;
 
 use super::PythonArgs;
 
@@ -65,22 +64,8 @@ enum Sub {
 
 #[derive(Debug, clap::Args)]
 pub struct EgressIpsArgs {
-    /// Any coordinator of the region.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "AIRLOCK_COORDINATOR",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    coordinator: String,
-    /// A backend or operator token (setting needs an operator token).
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "AIRLOCK_API_TOKEN",
-        hide_env_values = true
-    )]
-    api_token: String,
+    #[command(flatten)]
+    region: super::CoordinatorArgs,
     /// Replace the sets with this file's: a map of tenant → list of IP addresses, TOML or JSON
     /// (see the examples below).
     #[arg(long, value_name = "FILE")]
@@ -179,7 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn egress_ips(args: EgressIpsArgs) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&args.coordinator, &args.api_token)?;
+    let client = args.region.client()?;
     let answer = match &args.set {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -224,17 +209,6 @@ fn render_egress_ips(ips: &EgressIps) -> String {
     out
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 fn make_certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -248,11 +222,14 @@ fn make_certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
         let chain: String = material
             .cert_chain
             .iter()
-            .map(|cert| pem("CERTIFICATE", cert))
+            .map(|cert| super::pem("CERTIFICATE", cert))
             .collect();
         std::fs::write(args.out.join(format!("coordinator-{id}.pem")), chain)?;
         let key_path = args.out.join(format!("coordinator-{id}-key.pem"));
-        std::fs::write(&key_path, pem("PRIVATE KEY", material.key.secret_der()))?;
+        std::fs::write(
+            &key_path,
+            super::pem("PRIVATE KEY", material.key.secret_der()),
+        )?;
         restrict(&key_path)?;
     }
     println!(

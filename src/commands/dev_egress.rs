@@ -24,7 +24,6 @@ use airlock_egress::audit::{AuditLog, AuditRecord, AuditSink};
 use airlock_egress::server::{self, Listeners};
 use airlock_egress::{Config, Gateway};
 use anyhow::Context as _;
-use base64::Engine as _;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
@@ -332,28 +331,16 @@ fn write_certificates(files: &DevEgressFiles) -> anyhow::Result<()> {
         let chain: String = material
             .cert_chain
             .iter()
-            .map(|der| pem("CERTIFICATE", der))
+            .map(|der| super::pem("CERTIFICATE", der))
             .collect();
         write_file(cert, chain.as_bytes(), 0o644)?;
         write_file(
             key,
-            pem("PRIVATE KEY", material.key.secret_der()).as_bytes(),
+            super::pem("PRIVATE KEY", material.key.secret_der()).as_bytes(),
             0o600,
         )?;
     }
     Ok(())
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    // Base64 is ASCII, so every 64-byte chunk is a valid string.
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn make_private_dir(dir: &Path) -> anyhow::Result<()> {

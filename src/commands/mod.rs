@@ -85,6 +85,50 @@ pub struct PythonArgs {
     python_env: Option<PathBuf>,
 }
 
+/// `der` as PEM text with `label` (`CERTIFICATE`, `PRIVATE KEY`), for the files the CLI writes.
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    // Base64 is ASCII, so every 64-byte chunk is a valid string.
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// How a command reaches a region's coordinators.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorArgs {
+    /// Any coordinator of the region.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AIRLOCK_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub coordinator: String,
+    /// The API token: an operator token, or a backend token where reading is enough.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AIRLOCK_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: String,
+}
+
+impl CoordinatorArgs {
+    pub fn client(&self) -> anyhow::Result<airlock_coordinator::client::ApiClient> {
+        Ok(airlock_coordinator::client::ApiClient::new(
+            &self.coordinator,
+            &self.api_token,
+        )?)
+    }
+}
+
 /// Where kernels' network traffic goes: through the egress gateway's tunnel, or nowhere.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EgressArgs {

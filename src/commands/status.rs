@@ -3,34 +3,19 @@
 
 use std::process::ExitCode;
 
-use airlock_coordinator::client::ApiClient;
 use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Any coordinator of the region.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "AIRLOCK_COORDINATOR",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    coordinator: String,
-    /// An operator token.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "AIRLOCK_API_TOKEN",
-        hide_env_values = true
-    )]
-    api_token: String,
+    #[command(flatten)]
+    region: super::CoordinatorArgs,
     /// Print the coordinator's JSON as it is.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&args.coordinator, &args.api_token)?;
+    let client = args.region.client()?;
     let status = match client.get("/v1/status").await {
         Ok(status) => status,
         Err(err) => {
