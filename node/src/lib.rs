@@ -26,6 +26,7 @@ pub mod document;
 pub mod egress;
 pub mod jail;
 pub mod kernel;
+pub mod log_budget;
 pub mod quic;
 pub mod session;
 pub mod store;
@@ -244,7 +245,12 @@ pub async fn warm(config: WarmConfig) -> Result<WarmNode, NodeError> {
             }
         });
     }
-    let (kernel, kernel_events) = KernelBridge::start(config.kernel.clone()).await?;
+    let mut kernel_config = config.kernel.clone();
+    // One output, and one cell's kept outputs, must always fit a client's frame.
+    kernel_config.output_limits = kernel_config
+        .output_limits
+        .within_frame(config.frame_limit.get());
+    let (kernel, kernel_events) = KernelBridge::start(kernel_config).await?;
     Ok(WarmNode {
         egress,
         quic_addr,

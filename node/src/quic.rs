@@ -115,7 +115,7 @@ struct QuicWriter {
 
 impl FrameWriter for QuicWriter {
     async fn send(&mut self, message: &ServerMessage, _form: Form) -> Result<(), WriteError> {
-        let frame = codec::encode_frame(message, self.limit)?;
+        let frame = session::encode_or_skip(message, |m| codec::encode_frame(m, self.limit))?;
         self.send
             .write_all(&frame)
             .await
@@ -129,7 +129,9 @@ impl FrameWriter for QuicWriter {
     ) -> Result<(), WriteError> {
         let mut frames = Vec::new();
         for message in messages {
-            frames.extend(codec::encode_frame(*message, self.limit)?);
+            frames.extend(session::encode_or_skip(message, |m| {
+                codec::encode_frame(m, self.limit)
+            })?);
         }
         self.send
             .write_all(&frames)

@@ -74,6 +74,31 @@ pub enum WriteError {
     Transport(String),
 }
 
+/// Encodes `message` with `encode`. A message over the connection's frame limit is replaced by
+/// a non-fatal `frame_too_large` notice saying what was skipped: no single message (a huge
+/// output, say) can end a client's session.
+pub(crate) fn encode_or_skip<T>(
+    message: &ServerMessage,
+    encode: impl Fn(&ServerMessage) -> Result<T, CodecError>,
+) -> Result<T, CodecError> {
+    match encode(message) {
+        Err(CodecError::TooLarge { len, max }) => {
+            metrics::counter!("airlock_node_messages_skipped_total").increment(1);
+            let notice = ServerMessage::Error(ErrorReply {
+                code: ErrorCode::FrameTooLarge,
+                message: format!(
+                    "the node skipped a message of {len} bytes: it is over this connection's \
+                     frame limit of {max} bytes"
+                ),
+                client_ref: None,
+                fatal: false,
+            });
+            encode(&notice)
+        }
+        other => other,
+    }
+}
+
 /// What every session of this node needs to check a client: the document it serves, the key
 /// tokens are signed with, and the allocation epoch.
 #[derive(Debug)]

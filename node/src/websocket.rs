@@ -126,8 +126,12 @@ struct WsWriter {
 impl WsWriter {
     fn encode(&self, message: &ServerMessage, form: Form) -> Result<Message, WriteError> {
         Ok(match form {
-            Form::Binary => Message::Binary(codec::encode_frame(message, self.limit)?.into()),
-            Form::Json => Message::Text(codec::encode_json(message, self.limit)?.into()),
+            Form::Binary => Message::Binary(
+                session::encode_or_skip(message, |m| codec::encode_frame(m, self.limit))?.into(),
+            ),
+            Form::Json => Message::Text(
+                session::encode_or_skip(message, |m| codec::encode_json(m, self.limit))?.into(),
+            ),
         })
     }
 }

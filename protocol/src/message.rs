@@ -305,6 +305,10 @@ pub enum DeathCause {
     HeartbeatLost { silent_ms: u64 },
     /// The kernel could not be started at all.
     StartFailed { reason: String },
+    /// The kernel broke a limit of its channels to the node (a ZeroMQ frame or message over
+    /// the size limit, say); the node dropped it and carries on. `channel` is `shell`, `iopub`
+    /// or `control`.
+    ChannelViolated { channel: String, reason: String },
     #[serde(other)]
     Unknown,
 }
@@ -328,6 +332,10 @@ impl std::fmt::Display for DeathCause {
                 write!(f, "kernel stopped answering heartbeats for {silent_ms} ms")
             }
             DeathCause::StartFailed { reason } => write!(f, "kernel failed to start: {reason}"),
+            DeathCause::ChannelViolated { channel, reason } => write!(
+                f,
+                "kernel was stopped: it broke the limits of its {channel} channel ({reason})"
+            ),
             DeathCause::Unknown => write!(f, "kernel died for a reason this client does not know"),
         }
     }

@@ -225,6 +225,45 @@ pub struct JailArgs {
     open_files: Option<u64>,
 }
 
+/// What a kernel may send the node: ZeroMQ message sizes and output sizes. Every byte from a
+/// kernel is hostile; these bound what one can cost the node, its clients and its store.
+#[derive(Debug, clap::Args)]
+pub struct KernelSendArgs {
+    /// Largest ZeroMQ frame or message the kernel may send; a kernel that sends more is stopped
+    /// and every client is told why.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    kernel_message_limit: u64,
+    /// Largest single output (as JSON); a larger one is cut with a note saying so.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "2M")]
+    output_limit: u64,
+    /// Most output a cell keeps and sends to clients that join later (clipped to fit
+    /// --max-frame).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4M")]
+    cell_output_limit: u64,
+    /// Most output all cells of a document keep together.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    document_output_limit: u64,
+    /// Output shown live per second, after a burst of 16 MiB; faster output is hidden (the cell
+    /// still keeps what fits) and a note says how much.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    output_rate: u64,
+}
+
+impl KernelSendArgs {
+    /// Applies the limits to `kernel`.
+    pub fn apply(&self, kernel: &mut airlock_node::kernel::KernelConfig) {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        kernel.message_limit = size(self.kernel_message_limit);
+        kernel.output_limits = airlock_node::document::outputs::OutputLimits {
+            per_output: size(self.output_limit),
+            per_cell: size(self.cell_output_limit),
+            per_document: size(self.document_output_limit),
+            live_rate: size(self.output_rate),
+            ..Default::default()
+        };
+    }
+}
+
 /// The `--tier` values; [`airlock_node::jail::Tier`] holds their limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TierName {

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::task::TaskAgent;
-use super::{EgressArgs, JailArgs, PythonArgs};
+use super::{EgressArgs, JailArgs, KernelSendArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -117,6 +117,8 @@ pub struct Args {
     #[command(flatten)]
     jail: JailArgs,
     #[command(flatten)]
+    kernel_sends: KernelSendArgs,
+    #[command(flatten)]
     egress: EgressArgs,
 }
 
@@ -140,9 +142,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         quic_listen: (!args.no_quic).then_some(args.quic),
         ws_listen: (!args.no_ws).then_some(args.ws),
         tls,
-        kernel: KernelConfig {
-            jail,
-            ..KernelConfig::new(python, args.runtime_dir.clone())
+        kernel: {
+            let mut kernel = KernelConfig {
+                jail,
+                ..KernelConfig::new(python, args.runtime_dir.clone())
+            };
+            args.kernel_sends.apply(&mut kernel);
+            kernel
         },
         frame_limit: FrameLimit::new(args.max_frame),
     };

@@ -399,11 +399,14 @@ pub fn to_string_pretty(notebook: &Value) -> Result<String, IpynbError> {
 /// are merged. What remains has only the output types a file holds.
 pub fn settle_outputs(outputs: &[Output]) -> Vec<Output> {
     let mut settled: Vec<Output> = Vec::new();
+    // Where each display id is shown, so an update costs its displays, not the whole list.
+    let mut displays: std::collections::HashMap<&str, Vec<usize>> = Default::default();
     let mut clear_pending = false;
     for output in outputs {
         match output {
             Output::ClearOutput { wait: false } => {
                 settled.clear();
+                displays.clear();
                 clear_pending = false;
             }
             Output::ClearOutput { wait: true } => clear_pending = true,
@@ -412,13 +415,12 @@ pub fn settle_outputs(outputs: &[Output]) -> Vec<Output> {
                 metadata,
                 display_id,
             } => {
-                for earlier in &mut settled {
+                for &at in displays.get(display_id.as_str()).into_iter().flatten() {
                     if let Output::DisplayData {
                         data: old_data,
                         metadata: old_metadata,
-                        display_id: Some(id),
-                    } = earlier
-                        && id == display_id
+                        ..
+                    } = &mut settled[at]
                     {
                         *old_data = data.clone();
                         *old_metadata = metadata.clone();
@@ -429,6 +431,7 @@ pub fn settle_outputs(outputs: &[Output]) -> Vec<Output> {
             _ => {
                 if std::mem::take(&mut clear_pending) {
                     settled.clear();
+                    displays.clear();
                 }
                 if let Output::Stream { name, text } = output
                     && let Some(Output::Stream {
@@ -439,6 +442,13 @@ pub fn settle_outputs(outputs: &[Output]) -> Vec<Output> {
                 {
                     last_text.push_str(text);
                     continue;
+                }
+                if let Output::DisplayData {
+                    display_id: Some(id),
+                    ..
+                } = output
+                {
+                    displays.entry(id.as_str()).or_default().push(settled.len());
                 }
                 settled.push(output.clone());
             }

@@ -5,10 +5,13 @@
 //!   (Python with IPython syntax, or DuckDB SQL).
 //! - [`graph`]: the cells in document order, each reference bound to the nearest cell above that
 //!   defines the name, cell states, staleness, the execution queue and execution epochs.
+//! - [`outputs`]: what a cell's outputs may cost — per output, live per run, kept per cell —
+//!   and their settling as they arrive.
 //!
-//! Both are plain state machines: no IO, no clock, no tasks. The user-facing rules are in
+//! All three are plain state machines: no IO, no clock, no tasks. The user-facing rules are in
 //! `docs/REACTIVITY.md`.
 
 pub mod actor;
 pub mod analysis;
 pub mod graph;
+pub mod outputs;

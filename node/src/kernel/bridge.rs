@@ -34,6 +34,7 @@ use super::session::Session;
 use super::wire::{self, Body};
 use super::{KernelConfig, KernelError, KernelEvent};
 use crate::jail::KernelJail;
+use crate::log_budget::LogBudget;
 
 /// How long a kernel gets to exit by itself after a `shutdown_request` before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -61,6 +62,7 @@ pub struct KernelBridge {
     /// [`interrupt`](Self::interrupt) and [`pid`](Self::pid).
     pid: Arc<AtomicU32>,
     driver: JoinHandle<()>,
+    output_limits: crate::document::outputs::OutputLimits,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,13 @@ impl KernelBridge {
     pub async fn start(
         config: KernelConfig,
     ) -> Result<(KernelBridge, mpsc::UnboundedReceiver<KernelEvent>), KernelError> {
+        // The limits are process-wide in the ZeroMQ crate; a node runs one kernel at a time.
+        zeromq::set_receive_limits(zeromq::ReceiveLimits {
+            max_frame: config.message_limit,
+            max_message: config.message_limit,
+            ..zeromq::ReceiveLimits::DEFAULT
+        });
+        let output_limits = config.output_limits;
         let (events, receiver) = mpsc::unbounded_channel();
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let pid = Arc::new(AtomicU32::new(0));
@@ -93,6 +102,7 @@ impl KernelBridge {
             events,
             commands: command_receiver,
             pid: Arc::clone(&pid),
+            warnings: LogBudget::default(),
         };
         let kernel = driver.launch().await?;
         let driver = tokio::spawn(driver.run(kernel));
@@ -101,6 +111,7 @@ impl KernelBridge {
                 commands,
                 pid,
                 driver,
+                output_limits,
             },
             receiver,
         ))
@@ -156,6 +167,11 @@ impl KernelBridge {
         }
     }
 
+    /// What this kernel's outputs may cost ([`KernelConfig::output_limits`]).
+    pub fn output_limits(&self) -> crate::document::outputs::OutputLimits {
+        self.output_limits
+    }
+
     /// The kernel's process id, while one runs.
     pub fn pid(&self) -> Option<u32> {
         match self.pid.load(Ordering::Acquire) {
@@ -165,8 +181,17 @@ impl KernelBridge {
     }
 }
 
-/// Messages from one socket, already signature-checked. Ends when the socket fails.
-type MessageStream = Pin<Box<dyn Stream<Item = Result<RawMessage, RuntimeError>> + Send>>;
+/// What one receiving socket yields: messages (already signature-checked, which proves little:
+/// the kernel holds the key), then, if the kernel broke the channel's limits, why.
+enum Received {
+    Message(Result<RawMessage, RuntimeError>),
+    /// The kernel sent more than the channel allows (`zeromq::ReceiveLimits`); the socket
+    /// dropped the connection. Always the last item.
+    Violated(String),
+}
+
+/// Messages from one socket. Ends when the socket fails.
+type MessageStream = Pin<Box<dyn Stream<Item = Received> + Send>>;
 
 /// Turns a receiving connection into a stream, so the driver can wait on it among other things
 /// without recreating (and reallocating) a receive future on every turn of its loop.
@@ -174,16 +199,21 @@ fn message_stream<S>(connection: Connection<S>) -> MessageStream
 where
     S: SocketRecv + Send + 'static,
 {
-    let messages = futures::stream::unfold(connection, |mut connection| async move {
-        let frames = match connection.socket.recv().await {
-            Ok(frames) => frames,
+    let messages = futures::stream::unfold(Some(connection), |connection| async move {
+        let mut connection = connection?;
+        match connection.socket.recv().await {
+            Ok(frames) => {
+                let message = RawMessage::from_multipart(frames, &connection.mac);
+                Some((Received::Message(message), Some(connection)))
+            }
+            Err(zeromq::ZmqError::Codec(limit @ zeromq::CodecError::Limit { .. })) => {
+                Some((Received::Violated(limit.to_string()), None))
+            }
             Err(error) => {
                 tracing::debug!(%error, "kernel socket closed");
-                return None;
+                None
             }
-        };
-        let message = RawMessage::from_multipart(frames, &connection.mac);
-        Some((message, connection))
+        }
     });
     Box::pin(messages.fuse())
 }
@@ -217,6 +247,8 @@ struct Driver {
     events: mpsc::UnboundedSender<KernelEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
     pid: Arc<AtomicU32>,
+    /// Warnings about messages the kernel got wrong, which it can send as fast as it likes.
+    warnings: LogBudget,
 }
 
 impl Driver {
@@ -285,18 +317,26 @@ impl Driver {
                     Some(Command::Shutdown { done }) => return Next::Shutdown(done),
                     None => return Next::Closed,
                 },
-                Some(message) = kernel.iopub.next() => self.receive(message),
-                Some(message) = kernel.replies.next() => self.receive(message),
+                Some(received) = kernel.iopub.next() => {
+                    if let Some(cause) = self.receive("iopub", received) {
+                        return self.violated(kernel, cause);
+                    }
+                }
+                Some(received) = kernel.replies.next() => {
+                    if let Some(cause) = self.receive("shell", received) {
+                        return self.violated(kernel, cause);
+                    }
+                }
                 Some(()) = kernel.pongs.recv() => {
                     self.session.on_heartbeat_reply(Instant::now().into_std());
                 }
                 status = kernel.process.wait() => {
                     // Whatever the kernel sent before dying still belongs to its runs.
-                    while let Some(Some(message)) = kernel.iopub.next().now_or_never() {
-                        self.receive(message);
+                    while let Some(Some(received)) = kernel.iopub.next().now_or_never() {
+                        self.receive("iopub", received);
                     }
-                    while let Some(Some(message)) = kernel.replies.next().now_or_never() {
-                        self.receive(message);
+                    while let Some(Some(received)) = kernel.replies.next().now_or_never() {
+                        self.receive("shell", received);
                     }
                     let cause = match status {
                         Ok(status) => kernel.process.death_cause(status),
@@ -363,18 +403,45 @@ impl Driver {
         }
     }
 
-    fn receive(&mut self, message: Result<RawMessage, RuntimeError>) {
-        let raw = match message {
-            Ok(raw) => raw,
-            Err(error) => {
-                tracing::warn!(%error, "dropped a kernel message that failed its checks");
-                return;
+    /// Hands one message to the session; returns why the kernel must go if it broke the
+    /// channel's limits. Messages that fail their checks are dropped, with a rate-limited
+    /// warning: a kernel can send them as fast as it likes.
+    fn receive(&mut self, channel: &'static str, received: Received) -> Option<DeathCause> {
+        let raw = match received {
+            Received::Message(Ok(raw)) => raw,
+            Received::Message(Err(error)) => {
+                self.drop_message(channel, &error);
+                return None;
+            }
+            Received::Violated(reason) => {
+                return Some(DeathCause::ChannelViolated {
+                    channel: channel.to_owned(),
+                    reason,
+                });
             }
         };
         match wire::decode(&raw.jparts) {
             Ok(incoming) => self.session.handle_message(incoming),
-            Err(error) => tracing::warn!(%error, "dropped a kernel message"),
+            Err(error) => self.drop_message(channel, &error),
         }
+        None
+    }
+
+    fn drop_message(&mut self, channel: &'static str, error: &dyn std::fmt::Display) {
+        metrics::counter!("airlock_node_kernel_messages_dropped_total", "channel" => channel)
+            .increment(1);
+        if let Some(suppressed) = self.warnings.admit(Instant::now().into_std()) {
+            tracing::warn!(channel, %error, suppressed, "dropped a kernel message");
+        }
+    }
+
+    /// The kernel broke its channel's limits: it is killed (the caller tears it down) and every
+    /// client is told why.
+    fn violated(&mut self, kernel: &RunningKernel, cause: DeathCause) -> Next {
+        tracing::warn!(pid = kernel.process.pid(), %cause, "stopping a kernel that broke its channel limits");
+        metrics::counter!("airlock_node_kernel_channel_violations_total").increment(1);
+        self.session.died(cause);
+        Next::Died
     }
 
     fn flush_events(&mut self) {
@@ -589,7 +656,7 @@ async fn connect(
                 })?;
             }
             Some(message) = replies.next() => {
-                if let Ok(raw) = message
+                if let Received::Message(Ok(raw)) = message
                     && let Ok(incoming) = wire::decode(&raw.jparts)
                     && incoming.body == Body::KernelInfoReply
                 {

@@ -29,6 +29,7 @@ mod bridge;
 mod error;
 mod process;
 pub mod python_env;
+mod raw_output;
 pub mod session;
 pub mod wire;
 
@@ -59,7 +60,16 @@ pub struct KernelConfig {
     /// The sandbox each kernel runs in; `None` runs it as the node's own user, unconfined
     /// (`--insecure-no-jail`, and tests that are not about the jail).
     pub jail: Option<JailConfig>,
+    /// The largest ZeroMQ frame, and message, the kernel may send; checked before anything is
+    /// allocated for it. A kernel that sends more is stopped with
+    /// [`DeathCause::ChannelViolated`](airlock_protocol::DeathCause::ChannelViolated).
+    pub message_limit: usize,
+    /// What the kernel's outputs may cost the node and its clients.
+    pub output_limits: crate::document::outputs::OutputLimits,
 }
+
+/// The default [`KernelConfig::message_limit`]: 64 MiB.
+pub const DEFAULT_MESSAGE_LIMIT: usize = 64 << 20;
 
 impl KernelConfig {
     /// Defaults that detect death within 1 s.
@@ -71,6 +81,8 @@ impl KernelConfig {
             heartbeat_timeout: Duration::from_millis(800),
             startup_timeout: Duration::from_secs(60),
             jail: None,
+            message_limit: DEFAULT_MESSAGE_LIMIT,
+            output_limits: Default::default(),
         }
     }
 

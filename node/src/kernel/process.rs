@@ -6,7 +6,6 @@
 //! protocol (that is `super::bridge`) or decides when to kill (that is `super::session` and the
 //! driver).
 
-use std::collections::VecDeque;
 use std::fs::Permissions;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -20,7 +19,6 @@ use jupyter_protocol::ConnectionInfo;
 use jupyter_protocol::connection_info::Transport;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -29,9 +27,6 @@ use crate::jail::KernelJail;
 
 /// Longest path a Unix socket address can hold on Linux (`sun_path` is 108 bytes with a NUL).
 const MAX_SOCKET_PATH: usize = 107;
-
-/// How many of the kernel's last stderr lines are kept to explain a failed start.
-const STDERR_TAIL_LINES: usize = 30;
 
 /// The channel numbers in the connection file. With IPC transport the kernel binds
 /// `{prefix}-{n}`; the folder is fresh, so fixed numbers cannot collide.
@@ -190,7 +185,7 @@ pub(crate) fn spawn(mut command: Command, jail: Option<KernelJail>) -> io::Resul
             "the kernel process vanished as it was spawned",
         ));
     };
-    let output = tokio::spawn(forward_output(
+    let output = tokio::spawn(super::raw_output::forward(
         pid,
         child.stdout.take(),
         child.stderr.take(),
@@ -293,39 +288,6 @@ pub(crate) fn death_cause(status: ExitStatus) -> DeathCause {
         },
         (None, None) => DeathCause::Unknown,
     }
-}
-
-/// Logs the kernel's own stdout and stderr (not the user's prints, which travel on iopub) and
-/// returns the last stderr lines once both close.
-async fn forward_output(
-    pid: u32,
-    stdout: Option<impl AsyncRead + Unpin>,
-    stderr: Option<impl AsyncRead + Unpin>,
-) -> String {
-    let stdout = async {
-        let Some(stdout) = stdout else { return };
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(pid, "kernel stdout: {line}");
-        }
-    };
-    let stderr = async {
-        let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-        let Some(stderr) = stderr else {
-            return tail;
-        };
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(pid, "kernel stderr: {line}");
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-        tail
-    };
-    let ((), tail) = tokio::join!(stdout, stderr);
-    Vec::from(tail).join("\n")
 }
 
 #[cfg(test)]

@@ -62,6 +62,16 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node for `document` at `epoch` on the store folder `store`.
     pub async fn start(document: &str, epoch: u64, store: &std::path::Path) -> TestNode {
+        Self::start_with_frame_limit(document, epoch, store, Default::default()).await
+    }
+
+    /// [`TestNode::start`], with clients' frames limited to `frame_limit`.
+    pub async fn start_with_frame_limit(
+        document: &str,
+        epoch: u64,
+        store: &std::path::Path,
+        frame_limit: airlock_protocol::FrameLimit,
+    ) -> TestNode {
         use airlock_node::kernel::KernelConfig;
         use airlock_node::tls::TlsSource;
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
@@ -77,7 +87,7 @@ impl TestNode {
                 names: vec!["localhost".into()],
             },
             kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
-            frame_limit: airlock_protocol::FrameLimit::default(),
+            frame_limit,
             store: store.display().to_string(),
             idle_timeout: None,
             tenant: "default".to_owned(),

@@ -99,6 +99,12 @@ impl DocumentHandle {
         self.addr.do_send(Notice { text });
     }
 
+    /// Calls `watcher` with the run the kernel executes now, and again each time that changes
+    /// (egress tags each flow with it).
+    pub fn watch_runs(&self, watcher: super::RunWatcher) {
+        self.addr.do_send(super::WatchRuns(watcher));
+    }
+
     /// Stops the document: a snapshot, then the kernel. Returns once both are done.
     pub async fn shutdown(&self) {
         let _ = self.addr.send(Shutdown).await;

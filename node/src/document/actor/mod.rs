@@ -27,6 +27,7 @@
 
 mod cells;
 mod handle;
+mod status_gate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use crate::collab::ipynb::{self, CellOutputs, ImportLimits, OutputsByCell};
 use crate::collab::validate::{self, Limits};
 use crate::collab::{Notebook, NotebookError};
 use crate::document::graph::{CellGraph, Epoch, ExecutionMode, RunOutcome};
+use crate::document::outputs::{self, LiveView, OutputLimits, RunOutputs, trim_stored};
 use crate::kernel::{KernelBridge, KernelEvent};
 use crate::store::{
     CellId, CommitError, DocumentId, DocumentStore, Epoch as StoreEpoch, GroupCommitConfig,
@@ -192,12 +194,25 @@ pub async fn open(
     let io = tokio::runtime::Handle::current();
     let (stopped_tx, stopped_rx) = watch::channel(None);
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let output_limits = kernel.output_limits();
+    let mut outputs = loaded.outputs;
+    // Outputs stored before these limits (or under larger ones) must not make the document
+    // unjoinable: each cell is held to them as it loads.
+    for stored in outputs.values_mut() {
+        stored.outputs = trim_stored(std::mem::take(&mut stored.outputs), output_limits);
+    }
     let actor = DocumentActor {
         doc: loaded.doc,
         epoch: loaded.epoch,
         notebook: loaded.notebook,
         graph: loaded.graph,
-        outputs: loaded.outputs,
+        outputs,
+        output_limits,
+        live: LiveView::new(output_limits, BROADCAST_CAPACITY),
+        status_gate: Default::default(),
+        origins: HashMap::new(),
+        origin_told: None,
+        run_watcher: None,
         store,
         committer: Some(Arc::new(committer)),
         io,
@@ -234,12 +249,25 @@ enum RunKind {
     Internal,
 }
 
-/// The cell run in flight and what it has printed so far.
+/// The cell run in flight and what it has printed so far, settled.
 #[derive(Debug)]
 struct CurrentRun {
     run: RunId,
-    outputs: Vec<airlock_protocol::Output>,
+    outputs: RunOutputs,
 }
+
+/// The run the kernel is executing, as the egress gateway's audit records name it: which cell
+/// (none for code sent with `execute`), which run, and the user who started it (empty for runs
+/// an edit's reactive plan queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOrigin {
+    pub cell: Option<String>,
+    pub run: u64,
+    pub user: String,
+}
+
+/// Told each time the executing run changes (`None`: nothing runs).
+pub type RunWatcher = Arc<dyn Fn(Option<RunOrigin>) + Send + Sync>;
 
 /// One connected client.
 #[derive(Debug)]
@@ -257,6 +285,17 @@ pub struct DocumentActor {
     graph: CellGraph,
     /// Latest settled outputs of each cell (not in the CRDT).
     outputs: OutputsByCell,
+    /// What the kernel's outputs may cost ([`crate::document::outputs`]).
+    output_limits: OutputLimits,
+    /// What clients are shown live, within the limits.
+    live: LiveView,
+    /// How often the kernel's status flips reach the clients.
+    status_gate: status_gate::StatusGate,
+    /// Who and what started each run still in the kernel.
+    origins: HashMap<RunId, RunOrigin>,
+    /// The executing run last told to `run_watcher`.
+    origin_told: Option<RunOrigin>,
+    run_watcher: Option<RunWatcher>,
     store: Arc<ObjectDocumentStore>,
     committer: Option<Arc<GroupCommitter>>,
     /// The node's runtime, where kernel and store IO lives.
@@ -369,6 +408,27 @@ pub(crate) struct Notice {
     pub text: String,
 }
 
+/// Sets who is told which run executes ([`RunWatcher`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WatchRuns(pub RunWatcher);
+
+impl std::fmt::Debug for WatchRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchRuns")
+    }
+}
+
+impl Handler<WatchRuns> for DocumentActor {
+    type Result = ();
+
+    fn handle(&mut self, watch: WatchRuns, _ctx: &mut Context<Self>) {
+        let watcher = watch.0;
+        watcher(self.origin_told.clone());
+        self.run_watcher = Some(watcher);
+    }
+}
+
 /// A commit finished (sent to self).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -429,7 +489,7 @@ impl Handler<Notice> for DocumentActor {
 
     /// The notice joins the outputs of the cell that is running, else of the oldest ad-hoc run
     /// (the kernel runs requests in order), as if the kernel had written it to stderr.
-    fn handle(&mut self, notice: Notice, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, notice: Notice, ctx: &mut Context<Self>) {
         let running = self
             .current
             .as_ref()
@@ -445,13 +505,16 @@ impl Handler<Notice> for DocumentActor {
             info!(text = %notice.text.trim_end(), "node notice with no run to show it in");
             return;
         };
-        self.on_kernel_event(KernelEvent::Output {
-            run,
-            output: airlock_protocol::Output::Stream {
-                name: airlock_protocol::StreamName::Stderr,
-                text: notice.text,
+        self.on_kernel_event(
+            ctx,
+            KernelEvent::Output {
+                run,
+                output: airlock_protocol::Output::Stream {
+                    name: airlock_protocol::StreamName::Stderr,
+                    text: notice.text,
+                },
             },
-        });
+        );
     }
 }
 
@@ -628,8 +691,8 @@ impl Handler<Committed> for DocumentActor {
 }
 
 impl StreamHandler<KernelEvent> for DocumentActor {
-    fn handle(&mut self, event: KernelEvent, _ctx: &mut Context<Self>) {
-        self.on_kernel_event(event);
+    fn handle(&mut self, event: KernelEvent, ctx: &mut Context<Self>) {
+        self.on_kernel_event(ctx, event);
     }
 
     /// The kernel's event stream ends only when the kernel bridge is gone (shutdown).
@@ -661,9 +724,39 @@ impl Handler<RestartFinished> for DocumentActor {
 // ---- The actor's work -------------------------------------------------------------------------
 
 impl DocumentActor {
-    fn broadcast(&self, origin: Option<SessionId>, message: ServerMessage) {
+    fn broadcast(&mut self, origin: Option<SessionId>, message: ServerMessage) {
+        // Every event takes a place in the ring; the live view counts the output bytes there.
+        let output = match &message {
+            ServerMessage::Output(RunOutput { output, .. }) => Some(output),
+            _ => None,
+        };
+        self.live.sent(output);
         // No receivers is fine: nobody is connected.
         let _ = self.events.send(Arc::new(Event { origin, message }));
+    }
+
+    /// Tells the clients the kernel's status, at most once per [`status_gate::MIN_GAP`]; a
+    /// status held back goes out when the gap has passed.
+    fn broadcast_status(&mut self, ctx: &mut Context<Self>, status: KernelStatus) {
+        match self.status_gate.offer(std::time::Instant::now(), status) {
+            status_gate::Gate::Send(status) => self.broadcast(None, ServerMessage::Kernel(status)),
+            status_gate::Gate::Held(Some(at)) => {
+                let wait = at.saturating_duration_since(std::time::Instant::now());
+                ctx.run_later(wait, |actor, _ctx| {
+                    if let Some(status) = actor.status_gate.flush(std::time::Instant::now()) {
+                        actor.broadcast(None, ServerMessage::Kernel(status));
+                    }
+                });
+            }
+            status_gate::Gate::Held(None) => {}
+        }
+    }
+
+    /// Shows an output of `run` live, as far as the live view allows.
+    fn show_output(&mut self, run: RunId, output: airlock_protocol::Output) {
+        for output in self.live.admit(std::time::Instant::now(), output) {
+            self.broadcast(None, ServerMessage::Output(RunOutput { run, output }));
+        }
     }
 
     /// Sends every pending change of a cell's state to the clients.
@@ -721,6 +814,14 @@ impl DocumentActor {
             .map(|s| s.user.clone())
             .unwrap_or_default();
         let run = self.new_run(RunKind::Adhoc);
+        self.origins.insert(
+            run,
+            RunOrigin {
+                cell: None,
+                run: run.0,
+                user: user.clone(),
+            },
+        );
         // Announced before the kernel can answer, so `queued` precedes every output.
         self.broadcast(
             None,
@@ -742,8 +843,9 @@ impl DocumentActor {
                     .unwrap_or_else(gone_reply));
             }
         };
-        sent.map(|()| run).map_err(|err| {
+        let result = sent.map(|()| run).map_err(|err| {
             self.runs.remove(&run);
+            self.origins.remove(&run);
             self.broadcast(
                 None,
                 ServerMessage::Done(RunDone {
@@ -757,7 +859,9 @@ impl DocumentActor {
                 Some(client_ref),
                 err.to_string(),
             )
-        })
+        });
+        self.tell_origin();
+        result
     }
 
     fn interrupt(&mut self) -> Result<(), ErrorReply> {
@@ -798,7 +902,35 @@ impl DocumentActor {
         Ok(())
     }
 
-    fn on_kernel_event(&mut self, event: KernelEvent) {
+    fn on_kernel_event(&mut self, ctx: &mut Context<Self>, event: KernelEvent) {
+        self.handle_kernel_event(ctx, event);
+        self.tell_origin();
+    }
+
+    /// Tells the run watcher which run executes now, if that changed: the cell run in flight,
+    /// else the oldest ad-hoc run (the kernel runs requests in order).
+    fn tell_origin(&mut self) {
+        let running = self
+            .current
+            .as_ref()
+            .map(|current| current.run)
+            .or_else(|| {
+                self.runs
+                    .iter()
+                    .filter(|(_, kind)| matches!(kind, RunKind::Adhoc))
+                    .map(|(run, _)| *run)
+                    .min()
+            });
+        let origin = running.and_then(|run| self.origins.get(&run).cloned());
+        if origin != self.origin_told {
+            self.origin_told = origin.clone();
+            if let Some(watcher) = &self.run_watcher {
+                watcher(origin);
+            }
+        }
+    }
+
+    fn handle_kernel_event(&mut self, ctx: &mut Context<Self>, event: KernelEvent) {
         match event {
             KernelEvent::Status(status) => {
                 if let KernelStatus::Dead { cause } = &status {
@@ -813,19 +945,23 @@ impl DocumentActor {
                     self.restarting = false;
                 }
                 self.kernel_status = status.clone();
-                self.broadcast(None, ServerMessage::Kernel(status));
+                self.broadcast_status(ctx, status);
                 self.pump();
             }
             KernelEvent::Output { run, output } => match self.runs.get(&run) {
                 Some(RunKind::Adhoc) => {
-                    self.broadcast(None, ServerMessage::Output(RunOutput { run, output }));
+                    let output = outputs::cap_output(&output, self.output_limits.per_output)
+                        .unwrap_or(output);
+                    self.show_output(run, output);
                 }
                 Some(RunKind::Cell { cell, epoch }) => {
                     if self.graph.accept_output(cell, *epoch) {
-                        if let Some(current) = self.current.as_mut().filter(|c| c.run == run) {
-                            current.outputs.push(output.clone());
-                        }
-                        self.broadcast(None, ServerMessage::Output(RunOutput { run, output }));
+                        let output = match self.current.as_mut().filter(|c| c.run == run) {
+                            Some(current) => current.outputs.accept(output),
+                            None => outputs::cap_output(&output, self.output_limits.per_output)
+                                .unwrap_or(output),
+                        };
+                        self.show_output(run, output);
                     }
                 }
                 Some(RunKind::Internal) | None => {}
@@ -837,6 +973,7 @@ impl DocumentActor {
             } => {
                 metrics::counter!("airlock_node_runs_total", "status" => status_label(status))
                     .increment(1);
+                self.origins.remove(&run);
                 match self.runs.remove(&run) {
                     Some(RunKind::Adhoc) => self.broadcast(
                         None,
@@ -869,7 +1006,7 @@ impl DocumentActor {
         execution_count: Option<u32>,
     ) {
         let outputs = match self.current.take() {
-            Some(current) if current.run == run => current.outputs,
+            Some(current) if current.run == run => current.outputs.finish(),
             other => {
                 self.current = other;
                 Vec::new()
@@ -894,7 +1031,7 @@ impl DocumentActor {
         }
         let record = CellOutputs {
             execution_count,
-            outputs: ipynb::settle_outputs(&outputs),
+            outputs: self.within_document(cell.as_str(), outputs),
         };
         let stored = WireCellOutputs {
             cell: cell.as_str().to_owned(),
@@ -906,6 +1043,33 @@ impl DocumentActor {
             Ok(bytes) => self.put_outputs(cell, Bytes::from(bytes)),
             Err(err) => warn!(%err, "outputs do not encode; not stored"),
         }
+    }
+
+    /// `outputs` of `cell`, cut to what the document's limit leaves room for beside the other
+    /// cells' outputs.
+    fn within_document(
+        &self,
+        cell: &str,
+        outputs: Vec<airlock_protocol::Output>,
+    ) -> Vec<airlock_protocol::Output> {
+        let others: usize = self
+            .outputs
+            .iter()
+            .filter(|(id, _)| id.as_str() != cell)
+            .flat_map(|(_, stored)| stored.outputs.iter())
+            .map(outputs::json_size)
+            .sum();
+        let room = self.output_limits.per_document.saturating_sub(others);
+        if room >= self.output_limits.per_cell {
+            return outputs;
+        }
+        trim_stored(
+            outputs,
+            OutputLimits {
+                per_cell: room,
+                ..self.output_limits
+            },
+        )
     }
 
     /// Stores a cell's latest outputs in the background.
@@ -930,6 +1094,11 @@ impl DocumentActor {
 
     /// Starts the next cell run the graph has queued, if the kernel is free for it.
     fn pump(&mut self) {
+        self.start_next_cell();
+        self.tell_origin();
+    }
+
+    fn start_next_cell(&mut self) {
         if self.current.is_some() || self.stop.is_some() || self.unavailable(None).is_some() {
             return;
         }
@@ -957,6 +1126,14 @@ impl DocumentActor {
             .get(&session)
             .map(|s| s.user.clone())
             .unwrap_or_default();
+        self.origins.insert(
+            run,
+            RunOrigin {
+                cell: Some(execution.cell.as_str().to_owned()),
+                run: run.0,
+                user: user.clone(),
+            },
+        );
         self.broadcast(
             None,
             ServerMessage::Queued(RunQueued {
@@ -973,7 +1150,7 @@ impl DocumentActor {
             Ok(()) => {
                 self.current = Some(CurrentRun {
                     run,
-                    outputs: Vec::new(),
+                    outputs: RunOutputs::new(self.output_limits),
                 });
             }
             Err(err) => {
@@ -1354,13 +1531,22 @@ impl DocumentActor {
         let edits = cells::sync_all(&self.notebook, &mut self.graph);
         self.after_edits(edits);
         self.outputs = imported.outputs;
-        for (cell, stored) in &self.outputs {
-            let record = WireCellOutputs {
+        let limits = self.output_limits;
+        for stored in self.outputs.values_mut() {
+            stored.outputs = trim_stored(std::mem::take(&mut stored.outputs), limits);
+        }
+        let records: Vec<WireCellOutputs> = self
+            .outputs
+            .iter()
+            .map(|(cell, stored)| WireCellOutputs {
                 cell: cell.clone(),
                 execution_count: stored.execution_count,
                 outputs: stored.outputs.clone(),
-            };
-            if let (Ok(id), Ok(bytes)) = (CellId::new(cell.clone()), serde_json::to_vec(&record)) {
+            })
+            .collect();
+        for record in records {
+            let cell = record.cell.clone();
+            if let (Ok(id), Ok(bytes)) = (CellId::new(cell), serde_json::to_vec(&record)) {
                 self.put_outputs(id, Bytes::from(bytes));
             }
             self.broadcast(None, ServerMessage::CellOutputs(record));

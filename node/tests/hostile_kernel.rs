@@ -1,0 +1,312 @@
+//! The kernel as attacker, against a real node in this process: cells that go after the node
+//! through what the kernel sends it (its ZeroMQ connections, its outputs, its own stderr), each
+//! a repro from the security review (`shared/research/security-review.md`, findings 1, 3, 4).
+//! The node must stay up, say in the cell what happened, and keep every client connected.
+//!
+//! Kernels here are unconfined (the jail has its own suite): what is tested is the node's side
+//! of each channel. Each test is its own process under nextest, so the node's memory can be
+//! read from `/proc/self/status`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use airlock_client::Client;
+use airlock_protocol::{
+    CellEdit, CellKind, ClientMessage, DeathCause, KernelStatus, Output, ServerMessage,
+};
+use support::{TestNode, next_matching};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The node process's resident memory, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+fn text(outputs: &[Output]) -> String {
+    outputs
+        .iter()
+        .map(|output| match output {
+            Output::Stream { text, .. } => text.clone(),
+            Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => data
+                .get("text/plain")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Writes `payload` into the kernel's own end of the node's shell connection: the review's
+/// repro for finding 1.
+fn shell_injection(payload_hex: &str) -> String {
+    format!(
+        r#"
+import os, socket, json
+from ipykernel.connect import get_connection_file
+info = json.load(open(get_connection_file()))
+path = f"{{info['ip']}}-{{info['shell_port']}}"
+hit = 0
+for n in os.listdir('/proc/self/fd'):
+    try:
+        s = socket.socket(fileno=os.dup(int(n)))
+    except OSError:
+        continue
+    try:
+        if s.family == socket.AF_UNIX and s.getsockname() == path and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            os.write(int(n), bytes.fromhex("{payload_hex}"))
+            hit += 1
+    finally:
+        s.close()
+print("wrote into", hit, "connection(s)")
+import time; time.sleep(5)
+"#
+    )
+}
+
+/// Waits for the kernel to be reported dead, and returns why.
+async fn death(client: &mut Client) -> DeathCause {
+    next_matching(client, PATIENCE, |message| match message {
+        ServerMessage::Kernel(KernelStatus::Dead { cause }) => Some(cause),
+        _ => None,
+    })
+    .await
+}
+
+/// Restarts the kernel and checks it runs code again.
+async fn restart_and_run(client: &mut Client) {
+    client.send(&ClientMessage::Restart).await.unwrap();
+    next_matching(client, PATIENCE, |message| {
+        matches!(message, ServerMessage::Kernel(KernelStatus::Idle)).then_some(())
+    })
+    .await;
+    let report = client.run("print(6 * 7)", |_| {}).await.unwrap();
+    assert_eq!(text(&report.outputs), "42\n");
+}
+
+#[tokio::test]
+async fn a_zmtp_header_declaring_2_pow_62_bytes_stops_the_kernel_not_the_node() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start("zmtp", 1, store.path()).await;
+    let mut attacker = node.editor(0).await;
+    let mut watcher = node.editor(1).await;
+
+    // A long frame (flags 0x02) of 2^62 bytes: upstream zeromq reserved it and aborted.
+    let mut header = vec![0x02u8];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    attacker
+        .execute(&shell_injection(&hex::encode(&header)))
+        .await
+        .unwrap();
+    let cause = death(&mut watcher).await;
+    match &cause {
+        DeathCause::ChannelViolated { channel, reason } => {
+            assert_eq!(channel, "shell");
+            assert!(reason.contains("frame of 4611686018427387904"), "{reason}");
+        }
+        other => panic!("expected a channel violation, got {other}"),
+    }
+    assert!(
+        cause
+            .to_string()
+            .contains("broke the limits of its shell channel")
+    );
+
+    // Both clients are still connected, and the node starts a fresh kernel on request.
+    watcher
+        .send(&ClientMessage::Ping { nonce: 7 })
+        .await
+        .unwrap();
+    next_matching(&mut watcher, PATIENCE, |message| {
+        matches!(message, ServerMessage::Pong { nonce: 7 }).then_some(())
+    })
+    .await;
+    restart_and_run(&mut attacker).await;
+
+    // A declared 8 GiB (representable, but over the limit) is stopped the same way, before the
+    // node reserves anything for it.
+    let mut header = vec![0x02u8];
+    header.extend_from_slice(&(8u64 << 30).to_be_bytes());
+    let before = rss();
+    attacker
+        .execute(&shell_injection(&hex::encode(&header)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        death(&mut watcher).await,
+        DeathCause::ChannelViolated { .. }
+    ));
+    assert!(
+        rss() < before + (256 << 20),
+        "the node reserved the declared length"
+    );
+    restart_and_run(&mut attacker).await;
+}
+
+#[tokio::test]
+async fn ten_megabytes_of_prints_leave_the_document_joinable_across_restarts() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start("prints", 1, store.path()).await;
+    let mut writer = node.editor(0).await;
+    let cell = "flood".to_owned();
+    let accepted = writer
+        .edit_cells(
+            vec![CellEdit::Insert {
+                index: 0,
+                cell: Some(cell.clone()),
+                kind: CellKind::Code,
+                source: "for i in range(100_000): print('x' * 100)".into(),
+            }],
+            true,
+        )
+        .await
+        .unwrap();
+    let runs = writer.follow_accepted(&accepted, |_| {}).await.unwrap();
+    assert_eq!(runs.len(), 1);
+
+    // A client that joins now gets the cell's kept outputs in one message that fits a frame,
+    // with the note that says what was not kept, and stays connected.
+    let check_join = |mut joiner: Client| async move {
+        let outputs = next_matching(&mut joiner, PATIENCE, |message| match message {
+            ServerMessage::CellOutputs(outputs) if outputs.cell == "flood" => Some(outputs),
+            _ => None,
+        })
+        .await;
+        let size = serde_json::to_vec(&outputs.outputs).unwrap().len();
+        assert!(
+            size < airlock_protocol::codec::DEFAULT_MAX_FRAME_LEN,
+            "{size}"
+        );
+        let shown = text(&outputs.outputs);
+        assert!(shown.starts_with(&"x".repeat(100)));
+        assert!(
+            shown.contains("[airlock]") && shown.contains("not kept"),
+            "{}",
+            &shown[shown.len() - 300..]
+        );
+        let report = joiner.run("print('still here')", |_| {}).await.unwrap();
+        assert_eq!(text(&report.outputs), "still here\n");
+    };
+    check_join(node.editor(1).await).await;
+    check_join(node.editor(3).await).await;
+
+    // The same after the node is gone and a new owner loads the document from the store.
+    drop(writer);
+    node.node.shutdown().await;
+    let node = TestNode::start("prints", 2, store.path()).await;
+    check_join(node.editor(2).await).await;
+}
+
+#[tokio::test]
+async fn one_output_over_the_frame_limit_is_cut_and_no_session_ends() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start_with_frame_limit(
+        "big-output",
+        1,
+        store.path(),
+        airlock_protocol::FrameLimit::new(1 << 20),
+    )
+    .await;
+    let mut client = node.editor(1).await;
+    let mut other = node.editor(0).await;
+    let report = client
+        .run(
+            "print('y' * 3_000_000); display({'text/plain': 'z' * 3_000_000}, raw=True)",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let shown = text(&report.outputs);
+    assert!(
+        shown.contains("[airlock] output truncated"),
+        "{}",
+        &shown[..200]
+    );
+    assert!(shown.contains("cut to the limit"));
+    assert!(shown.len() < 2 << 20);
+    // The other client saw the same run and is still connected.
+    other.send(&ClientMessage::Ping { nonce: 1 }).await.unwrap();
+    next_matching(&mut other, PATIENCE, |message| {
+        matches!(message, ServerMessage::Pong { nonce: 1 }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stderr_without_newlines_does_not_grow_the_node() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start("stderr", 1, store.path()).await;
+    let mut client = node.editor(0).await;
+    // Warm up, so the first run's own allocations are not counted.
+    client.run("print(1)", |_| {}).await.unwrap();
+    let before = rss();
+    // 96 MiB without a newline into the node's pipe (ipykernel's fd 2), from a thread so the
+    // cell ends while the writes wait on a pipe the node now reads slowly.
+    let report = client
+        .run(
+            r#"
+import os, sys, threading, time
+fd = sys.stderr.fileno()
+def flood():
+    chunk = b'A' * (1 << 20)
+    for _ in range(96):
+        os.write(fd, chunk)
+threading.Thread(target=flood, daemon=True).start()
+time.sleep(4)
+print('flooding')
+"#,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&report.outputs), "flooding\n");
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 24 << 20, "the node grew by {grown} bytes");
+    // The node still answers at once.
+    let report = client.run("print('ok')", |_| {}).await.unwrap();
+    assert_eq!(text(&report.outputs), "ok\n");
+}
+
+#[tokio::test]
+async fn a_display_flood_is_shown_within_the_live_budget_and_kept_within_the_cell_limit() {
+    let store = tempfile::tempdir().unwrap();
+    let node = TestNode::start("displays", 1, store.path()).await;
+    let mut client = node.editor(0).await;
+    let mut watcher = node.editor(2).await;
+    let before = rss();
+    // The review's loop: 5 MB displays (here 200 of them, 1 GB in all).
+    let report = client
+        .run(
+            "for i in range(200): display({'text/plain': 'x' * 5_000_000}, raw=True)",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let shown: usize = report
+        .outputs
+        .iter()
+        .map(|o| serde_json::to_vec(o).unwrap().len())
+        .sum();
+    assert!(shown < 20 << 20, "shown live: {shown} bytes");
+    assert!(text(&report.outputs).contains("not shown live"));
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 160 << 20, "the node grew by {grown} bytes");
+    watcher
+        .send(&ClientMessage::Ping { nonce: 2 })
+        .await
+        .unwrap();
+    next_matching(&mut watcher, PATIENCE, |message| {
+        matches!(message, ServerMessage::Pong { nonce: 2 }).then_some(())
+    })
+    .await;
+}
