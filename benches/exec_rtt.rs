@@ -31,7 +31,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 /// The code every round trip runs.
 const CODE: &str = "x = 1";
@@ -172,7 +172,7 @@ async fn through_node(client: &mut Client) -> anyhow::Result<()> {
 /// The floor: the in-process kernel bridge, and its times.
 struct Direct<'a> {
     bridge: &'a KernelBridge,
-    events: &'a mut UnboundedReceiver<KernelEvent>,
+    events: &'a mut Receiver<KernelEvent>,
     next_run: u64,
     sample: Sample,
 }

@@ -307,6 +307,10 @@ async fn a_kernel_attacking_everything_for_a_minute_harms_nobody_else() {
     );
     editor.send(&ClientMessage::Restart).await.unwrap();
     next_matching(&mut editor, |message| {
+        matches!(message, ServerMessage::Kernel(KernelStatus::Restarting)).then_some(())
+    })
+    .await;
+    next_matching(&mut editor, |message| {
         matches!(message, ServerMessage::Kernel(KernelStatus::Idle)).then_some(())
     })
     .await;

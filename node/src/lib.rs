@@ -192,7 +192,7 @@ pub struct WarmNode {
     quic: Option<quinn::Endpoint>,
     ws: Option<tokio::net::TcpListener>,
     kernel: KernelBridge,
-    kernel_events: tokio::sync::mpsc::UnboundedReceiver<kernel::KernelEvent>,
+    kernel_events: tokio::sync::mpsc::Receiver<kernel::KernelEvent>,
     frame_limit: FrameLimit,
     egress: Option<crate::egress::Egress>,
 }

@@ -30,7 +30,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// One kernel under test and everything it reported.
 struct Harness {
     bridge: KernelBridge,
-    events: mpsc::UnboundedReceiver<KernelEvent>,
+    events: mpsc::Receiver<KernelEvent>,
     runtime: tempfile::TempDir,
     next_run: u64,
     /// Runs whose `Done` was seen: any later output for them breaks the contract.

@@ -36,6 +36,12 @@ use super::{KernelConfig, KernelError, KernelEvent};
 use crate::jail::KernelJail;
 use crate::log_budget::LogBudget;
 
+/// How many events may wait for the document. Past that the driver stops reading the kernel's
+/// sockets until the document catches up: a kernel that outputs faster than the node can take
+/// waits on its own sockets instead of piling events up in the node (each is at most one output
+/// of `OutputLimits::per_output`).
+const EVENT_QUEUE: usize = 32;
+
 /// How long a kernel gets to exit by itself after a `shutdown_request` before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -85,7 +91,7 @@ impl KernelBridge {
     /// `Status(Starting)` and `Status(Idle)` on, arrive on the returned receiver.
     pub async fn start(
         config: KernelConfig,
-    ) -> Result<(KernelBridge, mpsc::UnboundedReceiver<KernelEvent>), KernelError> {
+    ) -> Result<(KernelBridge, mpsc::Receiver<KernelEvent>), KernelError> {
         // The limits are process-wide in the ZeroMQ crate; a node runs one kernel at a time.
         zeromq::set_receive_limits(zeromq::ReceiveLimits {
             max_frame: config.message_limit,
@@ -93,7 +99,7 @@ impl KernelBridge {
             ..zeromq::ReceiveLimits::DEFAULT
         });
         let output_limits = config.output_limits;
-        let (events, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = mpsc::channel(EVENT_QUEUE);
         let (commands, command_receiver) = mpsc::unbounded_channel();
         let pid = Arc::new(AtomicU32::new(0));
         let mut driver = Driver {
@@ -244,7 +250,7 @@ enum Next {
 struct Driver {
     config: KernelConfig,
     session: Session,
-    events: mpsc::UnboundedSender<KernelEvent>,
+    events: mpsc::Sender<KernelEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
     pid: Arc<AtomicU32>,
     /// Warnings about messages the kernel got wrong, which it can send as fast as it likes.
@@ -267,7 +273,7 @@ impl Driver {
                 }
                 Next::Restart(done) => {
                     self.session.restarting();
-                    self.flush_events();
+                    self.flush_events().await;
                     if let Some(old) = kernel.take() {
                         self.teardown(old).await;
                     }
@@ -276,7 +282,7 @@ impl Driver {
                 }
                 Next::Shutdown(done) => {
                     self.session.shutting_down();
-                    self.flush_events();
+                    self.flush_events().await;
                     if let Some(running) = kernel.take() {
                         self.shutdown_gracefully(running).await;
                     }
@@ -285,7 +291,7 @@ impl Driver {
                 }
                 Next::Closed => {
                     self.session.shutting_down();
-                    self.flush_events();
+                    self.flush_events().await;
                     if let Some(running) = kernel.take() {
                         self.teardown(running).await;
                     }
@@ -300,7 +306,7 @@ impl Driver {
         let mut heartbeat_timer = pin!(tokio::time::sleep(Duration::ZERO));
         let mut timer_deadline = None;
         loop {
-            self.flush_events();
+            self.flush_events().await;
             let deadline = self.session.heartbeat_deadline();
             if deadline != timer_deadline {
                 timer_deadline = deadline;
@@ -368,7 +374,7 @@ impl Driver {
     /// Without a live kernel: runs end at once, until a restart or the end.
     async fn while_dead(&mut self) -> Next {
         loop {
-            self.flush_events();
+            self.flush_events().await;
             match self.commands.recv().await {
                 Some(Command::Execute { run, .. }) => self.session.reject(run),
                 Some(Command::Restart { done }) => return Next::Restart(done),
@@ -421,7 +427,18 @@ impl Driver {
             }
         };
         match wire::decode(&raw.jparts) {
-            Ok(incoming) => self.session.handle_message(incoming),
+            Ok(mut incoming) => {
+                // Cut an oversized output here, before it waits for the document.
+                if let Body::Output(output) = &incoming.body
+                    && let Some(capped) = crate::document::outputs::cap_output(
+                        output,
+                        self.config.output_limits.per_output,
+                    )
+                {
+                    incoming.body = Body::Output(capped);
+                }
+                self.session.handle_message(incoming)
+            }
             Err(error) => self.drop_message(channel, &error),
         }
         None
@@ -444,10 +461,10 @@ impl Driver {
         Next::Died
     }
 
-    fn flush_events(&mut self) {
+    async fn flush_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             // Nobody listening is not the driver's problem; the kernel keeps its state.
-            let _ = self.events.send(event);
+            let _ = self.events.send(event).await;
         }
     }
 
@@ -455,12 +472,12 @@ impl Driver {
     /// reported dead with `StartFailed` and nothing of it is left behind.
     async fn launch(&mut self) -> Result<RunningKernel, KernelError> {
         self.session.starting();
-        self.flush_events();
+        self.flush_events().await;
         match self.try_launch().await {
             Ok(kernel) => {
                 self.pid.store(kernel.process.pid(), Ordering::Release);
                 self.session.ready(Instant::now().into_std());
-                self.flush_events();
+                self.flush_events().await;
                 Ok(kernel)
             }
             Err(error) => {
@@ -468,7 +485,7 @@ impl Driver {
                 self.session.died(DeathCause::StartFailed {
                     reason: error.to_string(),
                 });
-                self.flush_events();
+                self.flush_events().await;
                 Err(error)
             }
         }

@@ -81,7 +81,7 @@ pub struct Jailed {
     pub bridge: KernelBridge,
     /// The cgroup parent this kernel's cgroup lives under, removed at shutdown when empty.
     cgroup_parent: String,
-    pub events: mpsc::UnboundedReceiver<KernelEvent>,
+    pub events: mpsc::Receiver<KernelEvent>,
     pub runtime: tempfile::TempDir,
     next_run: u64,
 }

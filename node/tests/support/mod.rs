@@ -62,22 +62,22 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node for `document` at `epoch` on the store folder `store`.
     pub async fn start(document: &str, epoch: u64, store: &std::path::Path) -> TestNode {
-        Self::start_with_frame_limit(document, epoch, store, Default::default()).await
+        Self::start_with(document, epoch, store, |_| {}).await
     }
 
-    /// [`TestNode::start`], with clients' frames limited to `frame_limit`.
-    pub async fn start_with_frame_limit(
+    /// [`TestNode::start`], with `adjust` applied to the node's configuration first.
+    pub async fn start_with(
         document: &str,
         epoch: u64,
         store: &std::path::Path,
-        frame_limit: airlock_protocol::FrameLimit,
+        adjust: impl FnOnce(&mut airlock_node::NodeConfig),
     ) -> TestNode {
         use airlock_node::kernel::KernelConfig;
         use airlock_node::tls::TlsSource;
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let runtime = tempfile::tempdir().expect("a runtime folder");
         let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-        let node = airlock_node::start(airlock_node::NodeConfig {
+        let mut config = airlock_node::NodeConfig {
             document: document.into(),
             epoch,
             token_key: key.verifying_key(),
@@ -87,13 +87,13 @@ impl TestNode {
                 names: vec!["localhost".into()],
             },
             kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
-            frame_limit,
+            frame_limit: airlock_protocol::FrameLimit::default(),
             store: store.display().to_string(),
             idle_timeout: None,
             tenant: "default".to_owned(),
-        })
-        .await
-        .expect("node starts");
+        };
+        adjust(&mut config);
+        let node = airlock_node::start(config).await.expect("node starts");
         TestNode {
             node,
             key,

@@ -181,7 +181,7 @@ pub async fn open(
     doc: DocumentId,
     epoch: u64,
     kernel: KernelBridge,
-    kernel_events: mpsc::UnboundedReceiver<KernelEvent>,
+    kernel_events: mpsc::Receiver<KernelEvent>,
     idle_timeout: Option<std::time::Duration>,
 ) -> Result<DocumentHandle, OpenError> {
     let loaded = load(&store, doc, epoch).await?;
@@ -301,7 +301,7 @@ pub struct DocumentActor {
     /// The node's runtime, where kernel and store IO lives.
     io: tokio::runtime::Handle,
     kernel: Option<Arc<KernelBridge>>,
-    kernel_events: Option<mpsc::UnboundedReceiver<KernelEvent>>,
+    kernel_events: Option<mpsc::Receiver<KernelEvent>>,
     kernel_status: KernelStatus,
     restarting: bool,
     sessions: HashMap<SessionId, Session>,
