@@ -32,8 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::config::TunnelSection;
 use crate::flow::{FlowFailure, FlowRequest, FrontEnd, RequestedHost};
 use crate::frame::{
-    self, FlowOpen, FlowReply, FrameError, HEADER_LEN, LookupReply, LookupStatus, NameLookup,
-    ReplyStatus, RequestKind, StreamRequest, TargetHost,
+    self, FlowOpen, FlowOrigin, FlowReply, FrameError, HEADER_LEN, LookupReply, LookupStatus,
+    NameLookup, ReplyStatus, RequestKind, StreamRequest, TargetHost,
 };
 use crate::gateway::Gateway;
 use crate::lookup::{LookupRequest, LookupVerdict, count_lookup};
@@ -597,11 +597,24 @@ impl TunnelClient {
         document: &str,
         tenant: &str,
     ) -> Result<TunnelFlow, OpenFlowError> {
+        self.open_flow_from(dest, document, tenant, None).await
+    }
+
+    /// [`TunnelClient::open_flow`], naming the cell, run and user that opened the flow (its
+    /// audit record carries them).
+    pub async fn open_flow_from(
+        &self,
+        dest: Destination,
+        document: &str,
+        tenant: &str,
+        origin: Option<FlowOrigin>,
+    ) -> Result<TunnelFlow, OpenFlowError> {
         let frame = FlowOpen {
             host: dest.host,
             port: dest.port,
             tenant: tenant.to_owned(),
             document: document.to_owned(),
+            origin,
         }
         .encode()?;
         let (mut send, mut recv) = self.connection.open_bi().await?;
