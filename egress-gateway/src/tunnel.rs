@@ -362,7 +362,7 @@ async fn serve_flow(
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
         tracing::warn!(
             node,
-            tenant = open.tenant,
+            tenant = %crate::flow::for_log(&open.tenant),
             "node may not open flows for this tenant"
         );
         let reason = format!(
@@ -386,6 +386,7 @@ async fn serve_flow(
         port: open.port,
         client: Some(remote),
         node: Some(node),
+        origin: open.origin,
     };
     match gateway.open(request).await {
         Ok(flow) => {
@@ -427,7 +428,7 @@ async fn serve_lookup(
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
         tracing::warn!(
             node,
-            tenant = lookup.tenant,
+            tenant = %crate::flow::for_log(&lookup.tenant),
             "node may not look up names for this tenant"
         );
         let verdict = LookupVerdict::TenantRefused {
