@@ -38,9 +38,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::aggregate::{LookupTallyConfig, RefusalBudgetConfig};
 use crate::policy::{
-    CidrRule, DefaultVerdict, DocumentPolicy, EgressPolicy, FlowTags, HostPattern, Limits,
-    MixedAnswers, PortSet, RuleError, Rules, TenantPolicy,
+    CidrRule, DefaultLimits, DefaultVerdict, DocumentPolicy, EgressPolicy, FlowTags, HostPattern,
+    Limits, MixedAnswers, PortSet, RuleError, Rules, TenantPolicy,
 };
 
 /// The rule keys of a tenant or document section.
@@ -96,6 +97,9 @@ pub struct Config {
     pub resolver: ResolverSection,
     #[serde(default)]
     pub audit: AuditSection,
+    /// Limits every tenant and document has without configuring any.
+    #[serde(default)]
+    pub limits: DefaultLimitsSection,
     /// Deny rules for every tenant (smokescreen's global deny list).
     #[serde(default)]
     pub global: GlobalSection,
@@ -119,6 +123,10 @@ pub struct GatewaySection {
     /// This host's addresses; no flow may reach them on any port.
     #[serde(default)]
     pub own_addresses: Vec<IpAddr>,
+    /// The rest of the platform (node hosts, coordinators, other gateways), as addresses or
+    /// CIDRs; no flow may reach them on any port, whatever a tenant allows.
+    #[serde(default)]
+    pub platform_cidrs: Vec<String>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// How long a client has to send its CONNECT head, SOCKS5 request or tunnel frame.
@@ -134,6 +142,7 @@ impl Default for GatewaySection {
         GatewaySection {
             region: default_region(),
             own_addresses: Vec::new(),
+            platform_cidrs: Vec::new(),
             connect_timeout_ms: default_connect_timeout_ms(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             allow_unbound_source: false,
@@ -202,11 +211,150 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// A file to append JSON lines to; absent or `-`: standard output.
     pub path: Option<PathBuf>,
+    /// Records waiting for the writer at most; past it records are dropped and counted
+    /// (`airlock_egress_audit_dropped_total`). Needs a restart.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+    /// Refused flows of one document recorded one by one per second, on average...
+    #[serde(default = "default_refusal_rate")]
+    pub refusal_records_per_second: f64,
+    /// ...and at once after a quiet spell. Past the budget, refusals share one record.
+    #[serde(default = "default_refusal_burst")]
+    pub refusal_record_burst: u32,
+    /// How long refusals past the budget are gathered into one record.
+    #[serde(default = "default_aggregate_window_ms")]
+    pub aggregate_window_ms: u64,
+    /// How long a document's name lookups are gathered (one record per distinct name).
+    #[serde(default = "default_lookup_window_ms")]
+    pub lookup_window_ms: u64,
+    /// Distinct names per document and window with a record of their own; the rest share one.
+    #[serde(default = "default_lookup_names")]
+    pub lookup_names_per_window: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            path: None,
+            queue: default_audit_queue(),
+            refusal_records_per_second: default_refusal_rate(),
+            refusal_record_burst: default_refusal_burst(),
+            aggregate_window_ms: default_aggregate_window_ms(),
+            lookup_window_ms: default_lookup_window_ms(),
+            lookup_names_per_window: default_lookup_names(),
+        }
+    }
+}
+
+impl AuditSection {
+    pub fn refusal_budget(&self) -> RefusalBudgetConfig {
+        RefusalBudgetConfig {
+            per_second: self.refusal_records_per_second.max(0.0),
+            burst: f64::from(self.refusal_record_burst),
+            window: Duration::from_millis(self.aggregate_window_ms.max(1)),
+        }
+    }
+
+    pub fn lookup_tally(&self) -> LookupTallyConfig {
+        LookupTallyConfig {
+            window: Duration::from_millis(self.lookup_window_ms.max(1)),
+            max_names: self.lookup_names_per_window,
+        }
+    }
+}
+
+fn default_audit_queue() -> usize {
+    crate::audit::DEFAULT_QUEUE
+}
+
+fn default_refusal_rate() -> f64 {
+    1.0
+}
+
+fn default_refusal_burst() -> u32 {
+    20
+}
+
+fn default_aggregate_window_ms() -> u64 {
+    10_000
+}
+
+fn default_lookup_window_ms() -> u64 {
+    10_000
+}
+
+fn default_lookup_names() -> usize {
+    64
+}
+
+/// `[limits]`: what every tenant and document gets without configuring anything. `0` turns a
+/// limit off.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultLimitsSection {
+    #[serde(default = "default_tenant_connections")]
+    pub tenant_connections: u32,
+    #[serde(default = "default_document_connections")]
+    pub document_connections: u32,
+    #[serde(default = "default_new_flows_per_second")]
+    pub new_flows_per_second: u32,
+    #[serde(default = "default_new_flow_burst")]
+    pub new_flow_burst: u32,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for DefaultLimitsSection {
+    fn default() -> Self {
+        DefaultLimitsSection {
+            tenant_connections: default_tenant_connections(),
+            document_connections: default_document_connections(),
+            new_flows_per_second: default_new_flows_per_second(),
+            new_flow_burst: default_new_flow_burst(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+impl From<DefaultLimitsSection> for DefaultLimits {
+    fn from(section: DefaultLimitsSection) -> Self {
+        let on = |value: u32| (value > 0).then_some(value);
+        DefaultLimits {
+            tenant_connections: on(section.tenant_connections),
+            document_connections: on(section.document_connections),
+            new_flows_per_second: on(section.new_flows_per_second),
+            new_flow_burst: section.new_flow_burst.max(1),
+            idle_timeout: (section.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(section.idle_timeout_ms)),
+        }
+    }
+}
+
+fn default_tenant_connections() -> u32 {
+    DefaultLimits::SAFE.tenant_connections.unwrap_or(0)
+}
+
+fn default_document_connections() -> u32 {
+    DefaultLimits::SAFE.document_connections.unwrap_or(0)
+}
+
+fn default_new_flows_per_second() -> u32 {
+    DefaultLimits::SAFE.new_flows_per_second.unwrap_or(0)
+}
+
+fn default_new_flow_burst() -> u32 {
+    DefaultLimits::SAFE.new_flow_burst
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    DefaultLimits::SAFE
+        .idle_timeout
+        .map_or(0, |timeout| timeout.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -381,8 +529,17 @@ impl Config {
     pub fn policy(&self, listeners: &[SocketAddr]) -> Result<EgressPolicy, ConfigError> {
         let mut policy = EgressPolicy::new(self.gateway.region.clone());
         policy.own_addresses = self.gateway.own_addresses.clone();
+        for text in &self.gateway.platform_cidrs {
+            let rule =
+                CidrRule::parse(text, PortSet::default()).map_err(|source| ConfigError::Rule {
+                    scope: "[gateway] platform_cidrs".to_owned(),
+                    source,
+                })?;
+            policy.platform_cidrs.push(rule.net);
+        }
         policy.listeners = listeners.to_vec();
         policy.allow_unbound_source = self.gateway.allow_unbound_source;
+        policy.defaults = self.limits.into();
         let global = RulesSection {
             deny_hosts: self.global.deny_hosts.clone(),
             deny_cidrs: self.global.deny_cidrs.clone(),
@@ -589,6 +746,21 @@ mod tests {
                 .check("acme-reports", "s3cre")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn limits_are_on_without_configuration_and_zero_turns_them_off() {
+        let policy = Config::parse("").unwrap().policy(&[]).unwrap();
+        assert_eq!(policy.defaults, DefaultLimits::SAFE);
+        assert!(policy.defaults.tenant_connections.is_some());
+        assert!(policy.defaults.idle_timeout.is_some());
+        let off = Config::parse("[limits]\ntenant_connections = 0\nidle_timeout_ms = 0")
+            .unwrap()
+            .policy(&[])
+            .unwrap();
+        assert_eq!(off.defaults.tenant_connections, None);
+        assert_eq!(off.defaults.idle_timeout, None);
+        assert_eq!(off.defaults.document_connections, Some(256));
     }
 
     #[test]

@@ -242,6 +242,7 @@ pub async fn serve(gateway: Gateway, mut stream: TcpStream) -> Result<(), Connec
             port,
             client,
             node: None,
+            origin: None,
         })
         .await;
     match flow {

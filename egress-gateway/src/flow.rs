@@ -1,6 +1,11 @@
-//! The path every flow takes, whichever front end it came through: check the request, count it
-//! against the limits, resolve once, classify every answer, dial a checked address from the
-//! tenant's static source, relay with pacing, and write one audit record.
+//! The path every flow takes, whichever front end it came through: take a token of the
+//! document's new-flow rate, check the request, count it against the connection limits,
+//! resolve once, classify every answer, dial a checked address from the tenant's static
+//! source, relay with pacing until both sides end or the flow is idle too long, and write one
+//! audit record (a refusal past its document's budget is counted into an aggregated one).
+//!
+//! Strings a client sent (hosts, names) are logged escaped ([`for_log`]): a newline in a SOCKS5
+//! host must not forge a log line.
 //!
 //! The decisions are the policy core's ([`crate::policy`]); this module only drives it with IO
 //! and keeps the books (metrics, audit, connection ledger). Front ends call
@@ -19,10 +24,11 @@ use tokio::time::Instant;
 
 use crate::audit::{AuditRecord, DeniedAnswer, Verdict};
 use crate::dial::{self, DialError};
+use crate::frame::FlowOrigin;
 use crate::gateway::{Gateway, RateKey, Snapshot};
 use crate::host::{self, Host, HostName};
 use crate::metrics as names;
-use crate::policy::{Denial, FlowTags, LimitExceeded, Source, TokenBucket};
+use crate::policy::{Denial, FlowTags, IdleClock, LimitExceeded, Source, TokenBucket};
 use crate::resolve::ResolveError;
 
 /// The relay's buffer per direction: large enough for bulk transfers at full speed (small
@@ -74,6 +80,22 @@ pub struct FlowRequest {
     pub port: u16,
     pub client: Option<SocketAddr>,
     pub node: Option<String>,
+    /// The cell, run and user that opened it (tunnel flows whose node says).
+    pub origin: Option<FlowOrigin>,
+}
+
+/// `text` as it may go into a log line: control characters, quotes and backslashes escaped,
+/// cut to 256 characters. Client-chosen strings go through this.
+pub fn for_log(text: &str) -> String {
+    let mut escaped: String = text
+        .chars()
+        .take(256)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(256).is_some() {
+        escaped.push('…');
+    }
+    escaped
 }
 
 /// Why a flow did not open. `Display` is the sentence for the user.
@@ -112,6 +134,7 @@ impl FlowFailure {
             FlowFailure::Limited(LimitExceeded::DocumentConnections { .. }) => {
                 "document_connections"
             }
+            FlowFailure::Limited(LimitExceeded::NewFlowRate { .. }) => "new_flow_rate",
             FlowFailure::Resolve(error) => error.kind(),
             FlowFailure::Connect(error) => error.kind(),
         }
@@ -135,6 +158,7 @@ pub struct OpenFlow {
     record: AuditRecord,
     started: Instant,
     pacing: Pacing,
+    idle_timeout: Option<Duration>,
     _slot: FlowSlot,
 }
 
@@ -144,6 +168,8 @@ pub struct FlowSummary {
     pub bytes_out: u64,
     pub bytes_in: u64,
     pub duration: Duration,
+    /// The gateway closed the flow after its idle timeout.
+    pub idled_out: bool,
 }
 
 /// A place in the connection ledger, given back when dropped.
@@ -187,7 +213,42 @@ impl Pacing {
     }
 }
 
-fn unix_ms() -> u64 {
+/// The idle clock the pumps of one flow share; `None` when flows never idle out.
+#[derive(Debug, Clone)]
+struct Idle(Option<Arc<Mutex<IdleClock>>>);
+
+impl Idle {
+    fn new(timeout: Option<Duration>) -> Self {
+        Idle(timeout.map(|timeout| {
+            Arc::new(Mutex::new(IdleClock::new(
+                timeout,
+                Instant::now().into_std(),
+            )))
+        }))
+    }
+
+    fn touch(&self) {
+        if let Some(clock) = &self.0 {
+            crate::gateway::lock(clock).touch(Instant::now().into_std());
+        }
+    }
+
+    /// Completes once the flow has moved no byte for the whole timeout.
+    async fn expired(&self) {
+        let Some(clock) = &self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = crate::gateway::lock(clock).deadline();
+            tokio::time::sleep_until(Instant::from_std(deadline)).await;
+            if crate::gateway::lock(clock).expired(Instant::now().into_std()) {
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
@@ -200,12 +261,16 @@ impl Gateway {
     pub async fn open(&self, request: FlowRequest) -> Result<OpenFlow, Refused> {
         let started = Instant::now();
         let flow = self.shared.next_flow.fetch_add(1, Ordering::Relaxed);
+        let origin = request.origin.clone();
         let mut record = AuditRecord {
             ts_unix_ms: 0,
             flow,
             front_end: request.front_end.as_str().to_owned(),
             tenant: request.tags.tenant.clone(),
             document: request.tags.document.clone(),
+            cell: origin.as_ref().map(|origin| origin.cell.clone()),
+            run: origin.as_ref().map(|origin| origin.run),
+            user: origin.map(|origin| origin.user),
             node: request.node.clone(),
             client: request.client,
             requested_host: request.host.to_string(),
@@ -220,6 +285,9 @@ impl Gateway {
             bytes_out: 0,
             bytes_in: 0,
             duration_ms: 0,
+            ended: None,
+            count: 1,
+            classes: Default::default(),
         };
         match self.try_open(&request, &mut record, started).await {
             Ok(open) => {
@@ -242,8 +310,17 @@ impl Gateway {
                 record.reason = failure.to_string();
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 record.ts_unix_ms = unix_ms();
-                tracing::info!(flow, tenant = %record.tenant, document = %record.document, host = %record.requested_host, port = record.port, reason = %record.reason, "flow refused");
-                self.shared.audit.record(record);
+                let line = (
+                    for_log(&record.tenant),
+                    for_log(&record.document),
+                    for_log(&record.requested_host),
+                    record.port,
+                    for_log(&record.reason),
+                );
+                if self.record_refusal(record) {
+                    let (tenant, document, host, port, reason) = line;
+                    tracing::info!(flow, %tenant, %document, %host, port, %reason, "flow refused");
+                }
                 Err(Refused { flow, failure })
             }
         }
@@ -256,6 +333,20 @@ impl Gateway {
         started: Instant,
     ) -> Result<OpenFlow, FlowFailure> {
         let snapshot = self.snapshot();
+        // First and cheapest: a document opening flows in a tight loop (refused or not) is
+        // slowed down before it costs a policy check, a lookup or a record each.
+        let defaults = snapshot.policy.defaults;
+        if let Some(per_second) = defaults.new_flows_per_second {
+            crate::gateway::lock(&self.shared.new_flows)
+                .admit(
+                    started.into_std(),
+                    &request.tags.tenant,
+                    &request.tags.document,
+                    per_second,
+                    defaults.new_flow_burst,
+                )
+                .map_err(FlowFailure::Limited)?;
+        }
         let host = match &request.host {
             RequestedHost::Ip(ip) => Host::Ip(*ip),
             RequestedHost::Text(text) => parse_requested_host(text).map_err(FlowFailure::Denied)?,
@@ -352,6 +443,7 @@ impl Gateway {
                         record: record.clone(),
                         started,
                         pacing,
+                        idle_timeout: defaults.idle_timeout,
                         _slot: slot,
                     });
                 }
@@ -383,6 +475,7 @@ impl Gateway {
             record,
             started,
             pacing,
+            idle_timeout,
             _slot,
             ..
         } = flow;
@@ -390,12 +483,21 @@ impl Gateway {
         let (up_read, up_write) = upstream.into_split();
         let bytes_out = AtomicU64::new(0);
         let bytes_in = AtomicU64::new(0);
-        both_ways(
-            pump(from_client, up_write, &pacing, &bytes_out, "out"),
-            pump(up_read, to_client, &pacing, &bytes_in, "in"),
+        let idle = Idle::new(idle_timeout);
+        let idled_out = both_ways(
+            pump(from_client, up_write, &pacing, &idle, &bytes_out, "out"),
+            pump(up_read, to_client, &pacing, &idle, &bytes_in, "in"),
+            idle.expired(),
         )
         .await;
-        self.finish_flow(record, _slot, started, relay_started, &bytes_out, &bytes_in)
+        self.finish_flow(
+            record,
+            _slot,
+            started,
+            relay_started,
+            (&bytes_out, &bytes_in),
+            idled_out,
+        )
     }
 
     /// [`Gateway::relay`] for a TCP client: the bytes move between the two sockets with
@@ -418,12 +520,15 @@ impl Gateway {
             record,
             started,
             pacing,
+            idle_timeout,
             _slot,
             ..
         } = flow;
         let relay_started = Instant::now();
         let bytes_out = AtomicU64::new(0);
         let bytes_in = AtomicU64::new(0);
+        let idle = Idle::new(idle_timeout);
+        let mut idled_out = false;
         let early_sent = if early.is_empty() {
             true
         } else {
@@ -433,13 +538,25 @@ impl Gateway {
             sent
         };
         if early_sent {
-            both_ways(
-                splice_pump(&client, &upstream, &pipe_out, &pacing, &bytes_out, "out"),
-                splice_pump(&upstream, &client, &pipe_in, &pacing, &bytes_in, "in"),
+            idled_out = both_ways(
+                splice_pump(
+                    &client, &upstream, &pipe_out, &pacing, &idle, &bytes_out, "out",
+                ),
+                splice_pump(
+                    &upstream, &client, &pipe_in, &pacing, &idle, &bytes_in, "in",
+                ),
+                idle.expired(),
             )
             .await;
         }
-        self.finish_flow(record, _slot, started, relay_started, &bytes_out, &bytes_in)
+        self.finish_flow(
+            record,
+            _slot,
+            started,
+            relay_started,
+            (&bytes_out, &bytes_in),
+            idled_out,
+        )
     }
 
     /// Writes the flow's audit record once relaying is over.
@@ -449,14 +566,20 @@ impl Gateway {
         slot: FlowSlot,
         started: Instant,
         relay_started: Instant,
-        bytes_out: &AtomicU64,
-        bytes_in: &AtomicU64,
+        (bytes_out, bytes_in): (&AtomicU64, &AtomicU64),
+        idled_out: bool,
     ) -> FlowSummary {
         let summary = FlowSummary {
             bytes_out: bytes_out.load(Ordering::Relaxed),
             bytes_in: bytes_in.load(Ordering::Relaxed),
             duration: relay_started.elapsed(),
+            idled_out,
         };
+        if idled_out {
+            record.ended = Some("idle_timeout".to_owned());
+            metrics::counter!(names::IDLE_TIMEOUTS, "front_end" => slot.front_end.as_str())
+                .increment(1);
+        }
         record.bytes_out = summary.bytes_out;
         record.bytes_in = summary.bytes_in;
         record.duration_ms = started.elapsed().as_millis() as u64;
@@ -470,16 +593,20 @@ impl Gateway {
 }
 
 /// Runs both directions until each has ended (a half-close is passed on and the other
-/// direction goes on) or either fails (then the flow is over).
+/// direction goes on), either fails (then the flow is over) or `idle` completes (the flow
+/// moved nothing for too long). Returns whether it idled out.
 async fn both_ways(
     outbound: impl std::future::Future<Output = std::io::Result<()>>,
     inbound: impl std::future::Future<Output = std::io::Result<()>>,
-) {
+    idle: impl std::future::Future<Output = ()>,
+) -> bool {
     let mut outbound = pin!(outbound);
     let mut inbound = pin!(inbound);
+    let mut idle = pin!(idle);
     let (mut out_done, mut in_done) = (false, false);
     while !(out_done && in_done) {
         tokio::select! {
+            () = &mut idle => return true,
             result = &mut outbound, if !out_done => {
                 out_done = true;
                 if result.is_err() { break; }
@@ -490,6 +617,7 @@ async fn both_ways(
             }
         }
     }
+    false
 }
 
 /// One direction between two sockets with `splice(2)`, then a half-close.
@@ -498,6 +626,7 @@ async fn splice_pump(
     to: &TcpStream,
     pipe: &crate::splice::Pipe,
     pacing: &Pacing,
+    idle: &Idle,
     counter: &AtomicU64,
     direction: &'static str,
 ) -> std::io::Result<()> {
@@ -507,6 +636,7 @@ async fn splice_pump(
             crate::splice::finish(to);
             return Ok(());
         }
+        idle.touch();
         pacing.pace(n).await;
         crate::splice::drain(pipe, to, n).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -547,6 +677,7 @@ async fn pump<R, W>(
     mut reader: R,
     mut writer: W,
     pacing: &Pacing,
+    idle: &Idle,
     counter: &AtomicU64,
     direction: &'static str,
 ) -> std::io::Result<()>
@@ -562,9 +693,27 @@ where
             let _ = writer.shutdown().await;
             return Ok(());
         }
+        idle.touch();
         pacing.pace(n).await;
         writer.write_all(&buf[..n]).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         metrics::counter!(names::BYTES, "direction" => direction).increment(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_strings_cannot_forge_log_lines() {
+        let host = "evil.example\n2026-01-01T00:00:00Z INFO flow allowed host=bank.example";
+        let logged = for_log(host);
+        assert!(!logged.contains('\n'), "{logged}");
+        assert!(logged.contains("\\n"));
+        assert_eq!(for_log("api.example.com"), "api.example.com");
+        assert_eq!(for_log("\u{1b}[31m"), "\\u{1b}[31m");
+        let long = for_log(&"a".repeat(1000));
+        assert_eq!(long.chars().count(), 257);
     }
 }

@@ -13,7 +13,7 @@
 //! FlowOpen (node → gateway)             FlowReply (gateway → node)
 //!   u8  version = 1                       u8  version = 1
 //!   u8  kind = 0x01                       u8  kind = 0x02
-//!   u16 body length (≤ 600)               u16 body length (≤ 1100)
+//!   u16 body length (≤ 700)               u16 body length (≤ 1100)
 //!   body:                                 body:
 //!     u8  address type                      u8  status (see ReplyStatus)
 //!         0x01 IPv4: 4 bytes                u64 flow id (names the audit record)
@@ -23,6 +23,11 @@
 //!     u16 port (non-zero)
 //!     u8  tenant length (1..=64) + UTF-8
 //!     u8  document length (1..=128) + UTF-8
+//!     optional, only if bytes remain: the origin
+//!     u8  section = 0x01 (origin)
+//!     u8  cell length (1..=64) + UTF-8
+//!     u64 run
+//!     u8  user length (0..=128) + UTF-8
 //!
 //! NameLookup (node → gateway)           LookupReply (gateway → node)
 //!   u8  version = 1                       u8  version = 1
@@ -34,6 +39,11 @@
 //!     u8  document length (1..=128)         reason, UTF-8
 //!         + UTF-8
 //! ```
+//!
+//! The origin says which cell and run of the document were executing when the kernel opened the
+//! connection, and who started that run (DESIGN §5: attribution per cell). It is optional so a
+//! node that does not know (a connection between runs) sends none; a body with no bytes after
+//! the document has no origin. A gateway older than the origin refuses it as trailing bytes.
 //!
 //! All integers are big-endian. A body must be consumed exactly. The address types are SOCKS5's.
 //! Names are checked as any client's host ([`crate::host`]) only after decoding: the frame
@@ -55,13 +65,20 @@ const KIND_LOOKUP: u8 = 0x03;
 const KIND_LOOKUP_REPLY: u8 = 0x04;
 /// Every frame starts with version, kind and a big-endian `u16` body length.
 pub const HEADER_LEN: usize = 4;
-/// Largest `FlowOpen` body: 1 + 1 + 255 + 2 + 1 + 64 + 1 + 128 = 453, rounded up.
-pub const MAX_OPEN_BODY: usize = 600;
+/// Largest `FlowOpen` body: 1 + 1 + 255 + 2 + 1 + 64 + 1 + 128 = 453, plus the origin
+/// 1 + 1 + 64 + 8 + 1 + 128 = 203: 656, rounded up.
+pub const MAX_OPEN_BODY: usize = 700;
 /// Largest `FlowReply` body: 1 + 8 + 2 + 1024 = 1035, rounded up.
 pub const MAX_REPLY_BODY: usize = 1100;
 pub const MAX_TENANT_LEN: usize = 64;
 pub const MAX_DOCUMENT_LEN: usize = 128;
 pub const MAX_REASON_LEN: usize = 1024;
+/// The longest cell id an origin may carry (at least one byte).
+pub const MAX_CELL_LEN: usize = 64;
+/// The longest user an origin may carry (it may be empty: a run nobody in particular started).
+pub const MAX_USER_LEN: usize = 128;
+/// The section tag of a `FlowOpen`'s origin.
+const SECTION_ORIGIN: u8 = 0x01;
 /// The longest name a `NameLookup` may carry (a DNS name in presentation form).
 pub const MAX_LOOKUP_NAME_LEN: usize = crate::host::MAX_NAME_LEN;
 /// Largest `NameLookup` body: 1 + 253 + 1 + 64 + 1 + 128 = 448, rounded up.
@@ -94,6 +111,8 @@ pub enum FrameError {
     NotUtf8(&'static str),
     #[error("reply status {0} is unknown")]
     Status(u8),
+    #[error("frame section {0:#04x} is unknown")]
+    Section(u8),
 }
 
 /// A destination as the node names it.
@@ -111,6 +130,21 @@ pub struct FlowOpen {
     pub port: u16,
     pub tenant: String,
     pub document: String,
+    /// The cell, run and user that were executing when the connection was made, if the node
+    /// knows; the gateway writes them into the flow's audit record.
+    pub origin: Option<FlowOrigin>,
+}
+
+/// Who in a document opened a flow: the cell that was running, which run of it, and the user
+/// who started that run. Written by the node from the document's state, never by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowOrigin {
+    /// The cell id (1..=64 bytes).
+    pub cell: String,
+    /// The run of that cell (the document's execution counter for it).
+    pub run: u64,
+    /// Who started the run (0..=128 bytes; empty when nobody in particular did).
+    pub user: String,
 }
 
 /// How the gateway answered a [`FlowOpen`].
@@ -241,12 +275,36 @@ impl<'a> Body<'a> {
             .map_err(|_| FrameError::NotUtf8(what))
     }
 
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
+    }
+
     fn short_text(&mut self, max: usize, what: &'static str) -> Result<String, FrameError> {
         let len = usize::from(self.u8()?);
         if len == 0 || len > max {
             return Err(FrameError::FieldLength(what));
         }
         self.text(len, what)
+    }
+
+    /// Like [`Body::short_text`], but the text may be empty.
+    fn short_text_or_empty(
+        &mut self,
+        max: usize,
+        what: &'static str,
+    ) -> Result<String, FrameError> {
+        let len = usize::from(self.u8()?);
+        if len > max {
+            return Err(FrameError::FieldLength(what));
+        }
+        self.text(len, what)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// A `u16`-length reason of at most [`MAX_REASON_LEN`] bytes.
@@ -365,6 +423,19 @@ impl FlowOpen {
         }
         let tenant = body.short_text(MAX_TENANT_LEN, "tenant")?;
         let document = body.short_text(MAX_DOCUMENT_LEN, "document")?;
+        let origin = if body.is_empty() {
+            None
+        } else {
+            match body.u8()? {
+                SECTION_ORIGIN => {
+                    let cell = body.short_text(MAX_CELL_LEN, "cell")?;
+                    let run = body.u64()?;
+                    let user = body.short_text_or_empty(MAX_USER_LEN, "user")?;
+                    Some(FlowOrigin { cell, run, user })
+                }
+                other => return Err(FrameError::Section(other)),
+            }
+        };
         body.finish()?;
         Ok(Some((
             FlowOpen {
@@ -372,6 +443,7 @@ impl FlowOpen {
                 port,
                 tenant,
                 document,
+                origin,
             },
             used,
         )))
@@ -406,6 +478,16 @@ impl FlowOpen {
         body.extend_from_slice(&self.port.to_be_bytes());
         push_short_text(&mut body, &self.tenant, MAX_TENANT_LEN, "tenant")?;
         push_short_text(&mut body, &self.document, MAX_DOCUMENT_LEN, "document")?;
+        if let Some(origin) = &self.origin {
+            body.push(SECTION_ORIGIN);
+            push_short_text(&mut body, &origin.cell, MAX_CELL_LEN, "cell")?;
+            body.extend_from_slice(&origin.run.to_be_bytes());
+            if origin.user.len() > MAX_USER_LEN {
+                return Err(FrameError::FieldLength("user"));
+            }
+            body.push(origin.user.len() as u8);
+            body.extend_from_slice(origin.user.as_bytes());
+        }
         Ok(with_header(KIND_OPEN, body))
     }
 }
@@ -418,10 +500,7 @@ impl FlowReply {
         };
         let mut body = Body(body);
         let status = ReplyStatus::try_from(body.u8()?)?;
-        let flow = body.take(8)?;
-        let flow = u64::from_be_bytes([
-            flow[0], flow[1], flow[2], flow[3], flow[4], flow[5], flow[6], flow[7],
-        ]);
+        let flow = body.u64()?;
         let reason = body.reason()?;
         body.finish()?;
         Ok(Some((
@@ -553,6 +632,7 @@ mod tests {
             port: 443,
             tenant: "acme".to_owned(),
             document: "doc-1".to_owned(),
+            origin: None,
         };
         let bytes = open.encode().unwrap();
         for cut in 0..bytes.len() {
@@ -569,6 +649,78 @@ mod tests {
         };
         let bytes = reply.encode();
         assert_eq!(FlowReply::decode(&bytes), Ok(Some((reply, bytes.len()))));
+    }
+
+    #[test]
+    fn an_origin_rides_after_the_document_and_is_optional() {
+        let without = FlowOpen {
+            host: TargetHost::Ip(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254))),
+            port: 80,
+            tenant: "acme".to_owned(),
+            document: "doc-1".to_owned(),
+            origin: None,
+        };
+        let with = FlowOpen {
+            origin: Some(FlowOrigin {
+                cell: "c-7f".to_owned(),
+                run: 42,
+                user: "ada@example.org".to_owned(),
+            }),
+            ..without.clone()
+        };
+        let short = without.encode().unwrap();
+        let long = with.encode().unwrap();
+        // The same frame, with the section appended and the length grown to match.
+        assert_eq!(long[4..short.len()], short[4..]);
+        assert_eq!(long[short.len()], SECTION_ORIGIN);
+        for cut in 0..long.len() {
+            assert_eq!(FlowOpen::decode(&long[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(
+            FlowOpen::decode(&long),
+            Ok(Some((with.clone(), long.len())))
+        );
+        assert_eq!(FlowOpen::decode(&short), Ok(Some((without, short.len()))));
+
+        // An empty user is allowed; an empty cell, a long user or an unknown section are not.
+        let anonymous = FlowOpen {
+            origin: Some(FlowOrigin {
+                user: String::new(),
+                ..with.origin.clone().unwrap()
+            }),
+            ..with.clone()
+        };
+        let bytes = anonymous.encode().unwrap();
+        assert_eq!(FlowOpen::decode(&bytes), Ok(Some((anonymous, bytes.len()))));
+        let mut bad = with.clone();
+        bad.origin.as_mut().unwrap().cell.clear();
+        assert_eq!(bad.encode(), Err(FrameError::FieldLength("cell")));
+        let mut bad = with.clone();
+        bad.origin.as_mut().unwrap().user = "u".repeat(MAX_USER_LEN + 1);
+        assert_eq!(bad.encode(), Err(FrameError::FieldLength("user")));
+        let mut unknown = long.clone();
+        unknown[short.len()] = 0x02;
+        assert_eq!(FlowOpen::decode(&unknown), Err(FrameError::Section(2)));
+        let mut extra = long.clone();
+        extra.push(0);
+        extra[3] += 1;
+        assert_eq!(FlowOpen::decode(&extra), Err(FrameError::TrailingBytes(1)));
+
+        // The largest possible frame fits the limit.
+        let largest = FlowOpen {
+            host: TargetHost::Name("a".repeat(255)),
+            port: 1,
+            tenant: "t".repeat(MAX_TENANT_LEN),
+            document: "d".repeat(MAX_DOCUMENT_LEN),
+            origin: Some(FlowOrigin {
+                cell: "c".repeat(MAX_CELL_LEN),
+                run: u64::MAX,
+                user: "u".repeat(MAX_USER_LEN),
+            }),
+        };
+        let bytes = largest.encode().unwrap();
+        assert!(bytes.len() - HEADER_LEN <= MAX_OPEN_BODY);
+        assert_eq!(FlowOpen::decode(&bytes), Ok(Some((largest, bytes.len()))));
     }
 
     #[test]
@@ -627,6 +779,7 @@ mod tests {
             port: 80,
             tenant: "acme".to_owned(),
             document: "doc-1".to_owned(),
+            origin: None,
         };
         let bytes = open.encode().unwrap();
         assert_eq!(NameLookup::decode(&bytes), Err(FrameError::Kind(KIND_OPEN)));

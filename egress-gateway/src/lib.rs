@@ -31,6 +31,7 @@
 //! [`tunnel::TunnelClient::lookup`] for a verdict), or proxy plain HTTP requests.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod audit;
 pub mod config;
 pub mod connect;

@@ -9,18 +9,29 @@
 //! rules deny it or every address it resolves to would be denied on every port. Authenticating
 //! the node for the tenant is the front end's (`crate::tunnel`).
 //!
-//! Lookups are counted ([`crate::metrics::LOOKUPS`]) and traced, not audited: an audit record is
-//! a flow (a number, a port, bytes), and the flow that follows a lookup gets its own.
+//! Under default deny, a name no allow glob matches is refused by the policy's host rules
+//! before the resolver is asked (when no allow CIDR exists), so a kernel cannot carry data out
+//! in the names it looks up.
+//!
+//! Lookups are counted ([`crate::metrics::LOOKUPS`]) and audited, aggregated per document
+//! ([`crate::aggregate::LookupTally`]): per window, one record per distinct (name, verdict
+//! class) with a count, front end `lookup`, port 0; past the window's distinct-name budget one
+//! summary record. A lookup is never recorded one by one, so a kernel asking a million
+//! distinct names costs a bounded number of records.
 
 use std::fmt;
 
-use crate::flow::{parse_requested_host, resolve};
+use crate::audit::{AuditRecord, Verdict};
+use crate::flow::{for_log, parse_requested_host, resolve};
 use crate::frame::LookupStatus;
 use crate::gateway::Gateway;
 use crate::host::Host;
 use crate::metrics as names;
 use crate::policy::{Denial, FlowTags};
 use crate::resolve::ResolveError;
+
+/// The `front_end` of a lookup's audit record.
+pub const LOOKUP_FRONT_END: &str = "lookup";
 
 /// A name a node asks about, for a document of a tenant it may speak for.
 #[derive(Debug, Clone)]
@@ -110,19 +121,37 @@ impl Gateway {
     pub async fn lookup(&self, request: LookupRequest) -> LookupVerdict {
         let verdict = self.decide_lookup(&request).await;
         count_lookup(&verdict);
-        let node = request.node.as_deref().unwrap_or("-");
-        let (tenant, document) = (&request.tags.tenant, &request.tags.document);
+        self.record_lookup(AuditRecord {
+            ts_unix_ms: crate::flow::unix_ms(),
+            front_end: LOOKUP_FRONT_END.to_owned(),
+            tenant: request.tags.tenant.clone(),
+            document: request.tags.document.clone(),
+            node: request.node.clone(),
+            requested_host: request.name.clone(),
+            verdict: match verdict.status() {
+                LookupStatus::Found => Verdict::Allow,
+                LookupStatus::Denied => Verdict::Deny,
+                _ => Verdict::Error,
+            },
+            class: verdict.class().to_owned(),
+            reason: verdict.to_string(),
+            ..AuditRecord::default()
+        });
+        let node = for_log(request.node.as_deref().unwrap_or("-"));
+        let tenant = for_log(&request.tags.tenant);
+        let document = for_log(&request.tags.document);
+        let name = for_log(&request.name);
         if verdict == LookupVerdict::Found {
-            tracing::debug!(node, %tenant, %document, name = %request.name, "name found");
+            tracing::debug!(%node, %tenant, %document, %name, "name found");
         } else {
-            tracing::info!(
-                node,
+            tracing::debug!(
+                %node,
                 %tenant,
                 %document,
-                name = %request.name,
+                %name,
                 verdict = verdict.label(),
                 class = verdict.class(),
-                reason = %verdict,
+                reason = %for_log(&verdict.to_string()),
                 "name lookup refused"
             );
         }

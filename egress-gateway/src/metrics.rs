@@ -25,3 +25,11 @@ pub const TUNNEL_REFUSED: &str = "airlock_egress_tunnel_refused_total";
 /// Counter: name lookups from nodes, labelled `verdict` (found/not_found/denied/failed/
 /// bad_request).
 pub const LOOKUPS: &str = "airlock_egress_lookups_total";
+/// Counter: audit records dropped because the audit queue was full (the writer fell behind).
+pub const AUDIT_DROPPED: &str = "airlock_egress_audit_dropped_total";
+/// Counter: refused flows past their document's budget, counted into an aggregated audit
+/// record instead of a record of their own.
+pub const REFUSALS_AGGREGATED: &str = "airlock_egress_refusals_aggregated_total";
+/// Counter: flows the gateway closed after `idle_timeout_ms` without a byte either way,
+/// labelled `front_end`.
+pub const IDLE_TIMEOUTS: &str = "airlock_egress_idle_timeouts_total";

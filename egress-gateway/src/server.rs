@@ -134,6 +134,8 @@ pub async fn serve(
     while gateway.open_flows() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Aggregated records still gathering are written now rather than lost.
+    gateway.flush_audit();
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, session: F)

@@ -32,8 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::config::TunnelSection;
 use crate::flow::{FlowFailure, FlowRequest, FrontEnd, RequestedHost};
 use crate::frame::{
-    self, FlowOpen, FlowReply, FrameError, HEADER_LEN, LookupReply, LookupStatus, NameLookup,
-    ReplyStatus, RequestKind, StreamRequest, TargetHost,
+    self, FlowOpen, FlowOrigin, FlowReply, FrameError, HEADER_LEN, LookupReply, LookupStatus,
+    NameLookup, ReplyStatus, RequestKind, StreamRequest, TargetHost,
 };
 use crate::gateway::Gateway;
 use crate::lookup::{LookupRequest, LookupVerdict, count_lookup};
@@ -362,7 +362,7 @@ async fn serve_flow(
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
         tracing::warn!(
             node,
-            tenant = open.tenant,
+            tenant = %crate::flow::for_log(&open.tenant),
             "node may not open flows for this tenant"
         );
         let reason = format!(
@@ -386,6 +386,7 @@ async fn serve_flow(
         port: open.port,
         client: Some(remote),
         node: Some(node),
+        origin: open.origin,
     };
     match gateway.open(request).await {
         Ok(flow) => {
@@ -427,7 +428,7 @@ async fn serve_lookup(
         metrics::counter!(names::TUNNEL_REFUSED, "why" => "tenant").increment(1);
         tracing::warn!(
             node,
-            tenant = lookup.tenant,
+            tenant = %crate::flow::for_log(&lookup.tenant),
             "node may not look up names for this tenant"
         );
         let verdict = LookupVerdict::TenantRefused {
@@ -597,11 +598,24 @@ impl TunnelClient {
         document: &str,
         tenant: &str,
     ) -> Result<TunnelFlow, OpenFlowError> {
+        self.open_flow_from(dest, document, tenant, None).await
+    }
+
+    /// [`TunnelClient::open_flow`], naming the cell, run and user that opened the flow (its
+    /// audit record carries them).
+    pub async fn open_flow_from(
+        &self,
+        dest: Destination,
+        document: &str,
+        tenant: &str,
+        origin: Option<FlowOrigin>,
+    ) -> Result<TunnelFlow, OpenFlowError> {
         let frame = FlowOpen {
             host: dest.host,
             port: dest.port,
             tenant: tenant.to_owned(),
             document: document.to_owned(),
+            origin,
         }
         .encode()?;
         let (mut send, mut recv) = self.connection.open_bi().await?;

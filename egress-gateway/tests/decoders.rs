@@ -9,9 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use airlock_egress::connect::{MAX_HEAD, decode_head};
 use airlock_egress::frame::{
-    FlowOpen, FlowReply, LookupReply, LookupStatus, MAX_DOCUMENT_LEN, MAX_LOOKUP_BODY,
-    MAX_LOOKUP_NAME_LEN, MAX_LOOKUP_REPLY_BODY, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY,
-    MAX_TENANT_LEN, NameLookup, ReplyStatus, StreamRequest, TargetHost,
+    FlowOpen, FlowOrigin, FlowReply, LookupReply, LookupStatus, MAX_CELL_LEN, MAX_DOCUMENT_LEN,
+    MAX_LOOKUP_BODY, MAX_LOOKUP_NAME_LEN, MAX_LOOKUP_REPLY_BODY, MAX_OPEN_BODY, MAX_REASON_LEN,
+    MAX_REPLY_BODY, MAX_TENANT_LEN, MAX_USER_LEN, NameLookup, ReplyStatus, StreamRequest,
+    TargetHost,
 };
 use airlock_egress::host::{Host, MAX_NAME_LEN, parse_authority, parse_host};
 use airlock_egress::socks::codec::{decode_greeting, decode_request, decode_userpass};
@@ -25,18 +26,32 @@ fn target_host() -> impl Strategy<Value = TargetHost> {
     ]
 }
 
+fn flow_origin() -> impl Strategy<Value = FlowOrigin> {
+    (
+        proptest::string::string_regex(&format!("[a-zA-Z0-9_-]{{1,{MAX_CELL_LEN}}}")).unwrap(),
+        any::<u64>(),
+        // Any UTF-8 up to the byte limit, empty included.
+        proptest::string::string_regex("\\PC{0,40}")
+            .unwrap()
+            .prop_filter("fits", |user| user.len() <= MAX_USER_LEN),
+    )
+        .prop_map(|(cell, run, user)| FlowOrigin { cell, run, user })
+}
+
 fn flow_open() -> impl Strategy<Value = FlowOpen> {
     (
         target_host(),
         1u16..,
         proptest::string::string_regex(&format!("[a-z0-9-]{{1,{MAX_TENANT_LEN}}}")).unwrap(),
         proptest::string::string_regex(&format!("[a-zA-Z0-9_-]{{1,{MAX_DOCUMENT_LEN}}}")).unwrap(),
+        proptest::option::of(flow_origin()),
     )
-        .prop_map(|(host, port, tenant, document)| FlowOpen {
+        .prop_map(|(host, port, tenant, document, origin)| FlowOpen {
             host,
             port,
             tenant,
             document,
+            origin,
         })
 }
 
@@ -152,6 +167,10 @@ proptest! {
             prop_assert!(open.port != 0);
             prop_assert!(!open.tenant.is_empty() && open.tenant.len() <= MAX_TENANT_LEN);
             prop_assert!(!open.document.is_empty() && open.document.len() <= MAX_DOCUMENT_LEN);
+            if let Some(origin) = &open.origin {
+                prop_assert!(!origin.cell.is_empty() && origin.cell.len() <= MAX_CELL_LEN);
+                prop_assert!(origin.user.len() <= MAX_USER_LEN);
+            }
             // What decodes re-encodes to the same bytes.
             prop_assert_eq!(open.encode().unwrap(), bytes[..used].to_vec());
         }

@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use airlock_egress::Config;
-use airlock_egress::audit::Verdict;
+use airlock_egress::audit::{AuditRecord, Verdict};
+use airlock_egress::frame::FlowOrigin;
 use airlock_egress::frame::LookupStatus;
 use airlock_egress::frame::ReplyStatus;
 use airlock_egress::tunnel::{
@@ -107,7 +108,7 @@ client_ca = "{ca}"
 
 [[nodes]]
 name = "node-1.airlock"
-tenants = ["alpha", "closed"]
+tenants = ["alpha", "closed", "strict"]
 
 [[tenants]]
 name = "alpha"
@@ -125,6 +126,12 @@ allow_cidrs = [{{ cidr = "127.0.0.1", ports = [{echo}, {http}] }}]
 name = "closed"
 static_ips = {{ test = ["127.0.0.4"] }}
 
+[[tenants]]
+name = "strict"
+default = "deny"
+static_ips = {{ test = ["127.0.0.5"] }}
+allow_hosts = ["echo.test"]
+
 [[credentials]]
 username = "alpha"
 password = "alpha-secret"
@@ -141,6 +148,12 @@ document = "doc-b"
 username = "closed"
 password = "closed-secret"
 tenant = "closed"
+
+[[credentials]]
+username = "strict"
+password = "strict-secret"
+tenant = "strict"
+document = "doc-s"
 "#,
             dns = self.dns.addr,
             cert = self.certs.gateway_cert.display(),
@@ -705,8 +718,8 @@ async fn the_tunnel_answers_name_lookups_with_a_verdict() {
         other => panic!("expected a bad request, got {other:?}"),
     }
 
-    // Lookups are not audited, and flows work beside them on the same connection: the next
-    // audit record is this flow's.
+    // Lookup records wait for their document's window (10 s by default) to close, and flows
+    // work beside them on the same connection: the next audit record is this flow's.
     let mut flow = client
         .open_flow(
             Destination::name("echo.test", world.echo.addr.port()),
@@ -810,4 +823,293 @@ async fn connection_and_byte_limits_hold() {
     gw.record_of(flow).await;
     // The slot is free again once the first flow's record is out.
     assert!(http_connect(connect, alpha, &target).await.is_ok());
+}
+
+impl World {
+    /// `config("")` with `sections` (top-level tables such as `[limits]`) appended.
+    fn config_with(&self, sections: &str) -> String {
+        format!("{}\n{sections}\n", self.config(""))
+    }
+
+    async fn node(&self, gw: &TestGateway) -> TunnelClient {
+        TunnelClient::connect(TunnelClientConfig {
+            gateway: gw.addrs.tunnel.unwrap(),
+            server_name: "gateway.airlock".to_owned(),
+            gateway_roots: vec![self.certs.ca_der.clone()],
+            identity: self.certs.node_identity("node-1.airlock"),
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl TestGateway {
+    /// Records until their counts add up to `total` (each record stands for `count` flows).
+    async fn records_adding_up_to(&mut self, total: u64) -> Vec<AuditRecord> {
+        let mut records = Vec::new();
+        let mut sum = 0;
+        while sum < total {
+            let record = self.next_record().await;
+            sum += record.count;
+            records.push(record);
+        }
+        assert_eq!(sum, total, "counted exactly once each");
+        records
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_flood_yields_a_bounded_number_of_audit_records() {
+    let world = World::new().await;
+    // Rate limit of new flows off, so every refusal is the metadata one; budget 10 records,
+    // the rest gathered over windows of 300 ms.
+    let mut gw = TestGateway::start(&world.config_with(
+        "[limits]\nnew_flows_per_second = 0\n[audit]\nrefusal_record_burst = 10\nrefusal_records_per_second = 0.5\naggregate_window_ms = 300",
+    ))
+    .await;
+    let client = world.node(&gw).await;
+    let metadata: std::net::SocketAddr = "169.254.169.254:80".parse().unwrap();
+    const FLOOD: u64 = 2000;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..20 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for _ in 0..FLOOD / 20 {
+                let refused = client
+                    .open_flow(Destination::addr(metadata), "doc-flood", "alpha")
+                    .await;
+                match refused {
+                    Err(OpenFlowError::Refused { status, .. }) => {
+                        assert_eq!(status, ReplyStatus::Denied, "worker {worker}")
+                    }
+                    other => panic!("expected a refusal, got {other:?}"),
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let flood_took = started.elapsed();
+    let records = gw.records_adding_up_to(FLOOD).await;
+    let individual = records.iter().filter(|r| r.count == 1).count();
+    let aggregated: Vec<&AuditRecord> = records.iter().filter(|r| r.count > 1).collect();
+    // The burst, plus what the budget refilled meanwhile, plus one record per window.
+    let windows = (flood_took.as_millis() / 300 + 2) as usize;
+    assert!(
+        individual <= 10 + windows,
+        "{individual} individual records"
+    );
+    assert!(
+        !aggregated.is_empty() && aggregated.len() <= windows,
+        "{} aggregated records over {flood_took:?}",
+        aggregated.len()
+    );
+    for record in &aggregated {
+        assert_eq!(record.document, "doc-flood");
+        assert_eq!(record.class, "cloud_metadata");
+        assert_eq!(record.classes["cloud_metadata"], record.count);
+    }
+    assert_eq!(gw.gateway.audit().dropped(), 0);
+}
+
+#[tokio::test]
+async fn default_connection_limits_and_the_new_flow_rate_hold_without_tenant_limits() {
+    let world = World::new().await;
+    let mut gw = TestGateway::start(&world.config_with(
+        "[limits]\ndocument_connections = 2\nnew_flows_per_second = 1\nnew_flow_burst = 4",
+    ))
+    .await;
+    let connect = gw.addrs.connect.unwrap();
+    let target = format!("echo.test:{}", world.echo.addr.port());
+    let alpha = Some(("alpha", "alpha-secret"));
+    let (mut first, _) = http_connect(connect, alpha, &target).await.unwrap();
+    let (mut second, _) = http_connect(connect, alpha, &target).await.unwrap();
+    greeting(&mut first).await;
+    greeting(&mut second).await;
+    let refusal = http_connect(connect, alpha, &target).await.unwrap_err();
+    assert_eq!(refusal.status, 429);
+    assert_eq!(
+        refusal.reason.as_deref(),
+        Some("limited: this document already has 2 connections open")
+    );
+    // Another document of the tenant has a limit of its own.
+    assert!(
+        http_connect(connect, Some(("beta", "beta-secret")), &target)
+            .await
+            .is_ok()
+    );
+    // Past the burst of 4 new flows doc-a is over the rate (1 per second), whatever the
+    // verdict would have been (a slow machine may earn a token back meanwhile, hence the loop).
+    let mut limited = None;
+    for _ in 0..20 {
+        let refusal = http_connect(connect, alpha, "169.254.169.254:80")
+            .await
+            .unwrap_err();
+        // Until then: the connection limit (two still open) answers first.
+        if refusal.status == 429 && refusal.body.contains("faster than") {
+            limited = Some(refusal);
+            break;
+        }
+    }
+    let refusal = limited.expect("the new-flow rate limit refused a flow");
+    assert!(
+        refusal
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("limited: this document opens connections faster than 1 per second"),
+        "{refusal:?}"
+    );
+    let record = gw.record_of(refusal.flow.unwrap()).await;
+    assert_eq!(record.class, "new_flow_rate");
+}
+
+#[tokio::test]
+async fn an_idle_flow_is_closed_and_its_record_says_so() {
+    let world = World::new().await;
+    let mut gw = TestGateway::start(&world.config_with("[limits]\nidle_timeout_ms = 300")).await;
+    let target = format!("echo.test:{}", world.echo.addr.port());
+    // CONNECT (spliced relay) and the tunnel (copying relay) both time out.
+    let (mut stream, flow) = http_connect(
+        gw.addrs.connect.unwrap(),
+        Some(("alpha", "alpha-secret")),
+        &target,
+    )
+    .await
+    .unwrap();
+    greeting(&mut stream).await;
+    let mut rest = Vec::new();
+    let waited = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes an idle flow");
+    assert!(waited.elapsed() >= Duration::from_millis(250));
+    let record = gw.record_of(flow).await;
+    assert_eq!(record.ended.as_deref(), Some("idle_timeout"));
+    assert_eq!(record.verdict, Verdict::Allow);
+
+    let client = world.node(&gw).await;
+    let mut flow = client
+        .open_flow(Destination::addr(world.echo.addr), "doc-t", "alpha")
+        .await
+        .unwrap();
+    greeting(&mut flow).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), flow.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes an idle tunnel flow");
+    assert_eq!(
+        gw.record_of(flow.flow).await.ended.as_deref(),
+        Some("idle_timeout")
+    );
+}
+
+#[tokio::test]
+async fn a_default_deny_tenant_never_resolves_a_name_off_its_list() {
+    let world = World::new().await;
+    let mut gw = TestGateway::start(&world.config_with("[audit]\nlookup_window_ms = 200")).await;
+    let connect = gw.addrs.connect.unwrap();
+    let strict = Some(("strict", "strict-secret"));
+    let exfil = "exfil-7e3f9a0c.attacker.test";
+    let refusal = http_connect(connect, strict, &format!("{exfil}:80"))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.status, 403);
+    assert_eq!(
+        refusal.reason.as_deref(),
+        Some(
+            "denied: exfil-7e3f9a0c.attacker.test is not on the allow list of tenant strict (default deny); ask your admin to allow it"
+        )
+    );
+    assert_eq!(
+        gw.record_of(refusal.flow.unwrap()).await.class,
+        "not_allowed"
+    );
+    // The tunnel's lookups likewise.
+    let client = world.node(&gw).await;
+    for i in 0..3 {
+        let answer = client
+            .lookup(&format!("{i}-{exfil}"), "doc-s", "strict")
+            .await
+            .unwrap();
+        assert!(matches!(answer, LookupAnswer::Denied { .. }), "{answer:?}");
+    }
+    // The name on the list is resolved (and then refused: it answers loopback, which strict
+    // has no carve-out for).
+    let answer = client.lookup("echo.test", "doc-s", "strict").await.unwrap();
+    assert!(
+        matches!(&answer, LookupAnswer::Denied { reason } if reason.contains("loopback")),
+        "{answer:?}"
+    );
+    // The allowed name was resolved; the others never reached the resolver.
+    assert!(world.dns.questions("echo.test") > 0);
+    assert_eq!(world.dns.questions(exfil), 0);
+    for i in 0..3 {
+        assert_eq!(world.dns.questions(&format!("{i}-{exfil}")), 0);
+    }
+    // The lookups are audited: one record per distinct name for the window.
+    let mut lookups = Vec::new();
+    while lookups.len() < 4 {
+        let record = gw.next_record().await;
+        if record.front_end == "lookup" {
+            lookups.push(record);
+        }
+    }
+    lookups.sort_by(|a, b| a.requested_host.cmp(&b.requested_host));
+    assert_eq!(lookups[0].requested_host, format!("0-{exfil}"));
+    assert_eq!(lookups[0].class, "not_allowed");
+    assert_eq!(lookups[0].verdict, Verdict::Deny);
+    assert_eq!(lookups[3].requested_host, "echo.test");
+    assert_eq!(lookups[3].class, "loopback");
+}
+
+#[tokio::test]
+async fn a_tunnel_flow_is_attributed_to_the_cell_run_and_user_that_opened_it() {
+    let world = World::new().await;
+    let mut gw = TestGateway::start(&world.config("")).await;
+    let client = world.node(&gw).await;
+    let origin = FlowOrigin {
+        cell: "cell-3f".to_owned(),
+        run: 7,
+        user: "ada@example.org".to_owned(),
+    };
+    let mut flow = client
+        .open_flow_from(
+            Destination::name("echo.test", world.echo.addr.port()),
+            "doc-t",
+            "alpha",
+            Some(origin.clone()),
+        )
+        .await
+        .unwrap();
+    greeting(&mut flow).await;
+    flow.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    flow.read_to_end(&mut rest).await.unwrap();
+    let record = gw.record_of(flow.flow).await;
+    assert_eq!(record.cell.as_deref(), Some("cell-3f"));
+    assert_eq!(record.run, Some(7));
+    assert_eq!(record.user.as_deref(), Some("ada@example.org"));
+    // A refusal is attributed too.
+    let refused = client
+        .open_flow_from(
+            Destination::addr("169.254.169.254:80".parse().unwrap()),
+            "doc-t",
+            "alpha",
+            Some(origin),
+        )
+        .await;
+    let Err(OpenFlowError::Refused { flow, .. }) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert_eq!(gw.record_of(flow).await.cell.as_deref(), Some("cell-3f"));
+    // Without an origin the record has none.
+    let mut flow = client
+        .open_flow(Destination::addr(world.echo.addr), "doc-t", "alpha")
+        .await
+        .unwrap();
+    greeting(&mut flow).await;
+    drop(flow);
 }

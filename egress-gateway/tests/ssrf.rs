@@ -17,6 +17,8 @@ const CONFIG: &str = r#"
 [gateway]
 region = "local"
 own_addresses = ["45.33.32.156"]
+# The node fleet and the coordinators (hairpin): never reachable, whatever a tenant allows.
+platform_cidrs = ["45.33.40.0/24", "2600:3c01:40::/48"]
 
 [global]
 deny_ports = [25]
@@ -50,6 +52,27 @@ deny_cidrs = ["10.0.0.66"]
 name = "mixed"
 mixed_answers = "deny"
 static_ips = { local = ["45.33.32.160"] }
+
+[[tenants]]
+name = "wide"
+static_ips = { local = ["45.33.32.161", "2600:3c01::2"] }
+# Wide carve-outs (a Tailscale or a VPC range, link-local, ULA, the IETF block, the first
+# IPv6 eighth, the platform's own range): the cloud endpoints inside them stay closed.
+allow_cidrs = ["fc00::/7", "100.64.0.0/10", "169.254.0.0/16", "192.0.0.0/24", "fe80::/10",
+               "::/8", "45.33.40.0/24"]
+
+[[tenants]]
+name = "locked"
+default = "deny"
+static_ips = { local = ["45.33.32.162"] }
+allow_hosts = ["api.partner.example"]
+
+[[tenants]]
+name = "locked-cidr"
+default = "deny"
+static_ips = { local = ["45.33.32.163"] }
+allow_hosts = ["api.partner.example"]
+allow_cidrs = ["93.184.216.0/24"]
 "#;
 
 fn policy() -> EgressPolicy {
@@ -155,7 +178,8 @@ const CASES: &[Case] = &[
     ),
     case("[2001:4860:4860::8888]", 1, "allowed"),
     case("[2606:4700:4700::1111]", 1, "allowed"),
-    case("[64:ff9c::1]", 1, "allowed"),
+    // smokescreen allows this one; it is inside ::/8, which IANA reserves (review #13).
+    case("[64:ff9c::1]", 1, "reserved"),
     case("127.0.0.1", 4750, "self_connection"),
     case("192.168.1.100", 4750, "self_connection"),
     case("[::1]", 4750, "self_connection"),
@@ -304,6 +328,119 @@ const CASES: &[Case] = &[
     as_tenant("carve", "45.33.32.156", 80, "gateway_address"),
     as_tenant("carve", "224.0.0.1", 80, "multicast"),
     as_tenant("nobody", "8.8.8.8", 80, "unknown_tenant"),
+    // Cloud metadata and platform endpoints of every major cloud (#9): never reachable, by a
+    // default-allow tenant or through the widest carve-outs.
+    case("[fd20:ce::254]", 80, "cloud_metadata"),
+    case("100.100.100.200", 80, "cloud_metadata"),
+    case("192.0.0.192", 80, "cloud_metadata"),
+    case("169.254.0.23", 80, "cloud_metadata"),
+    case("169.254.42.42", 80, "cloud_metadata"),
+    case("[fd00:42::42]", 80, "cloud_metadata"),
+    case("168.63.129.16", 80, "cloud_metadata"),
+    case("168.63.129.16", 32526, "cloud_metadata"),
+    case("[::ffff:168.63.129.16]", 80, "cloud_metadata"),
+    case("[64:ff9b::a83f:8110]", 80, "ipv6_embedding"),
+    case("168.63.129.15", 80, "allowed"),
+    as_tenant("wide", "[fd20:ce::254]", 80, "cloud_metadata"),
+    as_tenant("wide", "100.100.100.200", 80, "cloud_metadata"),
+    as_tenant("wide", "192.0.0.192", 80, "cloud_metadata"),
+    as_tenant("wide", "169.254.0.23", 80, "cloud_metadata"),
+    as_tenant("wide", "169.254.42.42", 80, "cloud_metadata"),
+    as_tenant("wide", "169.254.169.254", 80, "cloud_metadata"),
+    as_tenant("wide", "[fd00:ec2::254]", 80, "cloud_metadata"),
+    as_tenant("wide", "[fe80::a9fe:a9fe]", 80, "cloud_metadata"),
+    as_tenant("wide", "168.63.129.16", 80, "cloud_metadata"),
+    // ...while the rest of each carved range opens.
+    as_tenant("wide", "[fd20:ce::253]", 80, "allowed"),
+    as_tenant("wide", "100.100.100.201", 80, "allowed"),
+    as_tenant("wide", "169.254.1.1", 80, "allowed"),
+    as_tenant("wide", "192.0.0.193", 80, "allowed"),
+    named(
+        "smoke",
+        "metadata.tencentyun.com",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
+    named(
+        "smoke",
+        "metadata.platformequinix.com",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
+    named(
+        "smoke",
+        "metadata.packet.net",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
+    named(
+        "smoke",
+        "api.metadata.cloud.ibm.com",
+        &["8.8.8.8"],
+        "reserved_name",
+    ),
+    named(
+        "wide",
+        "wireserver.attacker.example",
+        &["168.63.129.16"],
+        "cloud_metadata",
+    ),
+    named(
+        "wide",
+        "ali.attacker.example",
+        &["100.100.100.200"],
+        "cloud_metadata",
+    ),
+    // IPv6 forms (#13): SIIT embeds its IPv4 address; the rest of ::/8 is reserved; ISATAP
+    // is seen before the table, so a ULA prefix does not hide the metadata address.
+    case("[::ffff:0:a9fe:a9fe]", 80, "ipv6_embedding"),
+    case("[::ffff:0:7f00:1]", 80, "ipv6_embedding"),
+    case("[::ffff:0:808:808]", 80, "ipv6_embedding"),
+    as_tenant("wide", "[::ffff:0:a9fe:a9fe]", 80, "ipv6_embedding"),
+    case("[::1:0:0:0]", 80, "reserved"),
+    case("[0:1::1]", 80, "reserved"),
+    case("[ff::1]", 80, "reserved"),
+    as_tenant("wide", "[::1:0:0:0]", 80, "allowed"),
+    case("[fd00::5efe:a9fe:a9fe]", 80, "ipv6_embedding"),
+    as_tenant("wide", "[fd00::5efe:a9fe:a9fe]", 80, "ipv6_embedding"),
+    as_tenant("wide", "[fd00::200:5efe:a9fe:a9fe]", 80, "ipv6_embedding"),
+    case("[2001:db8::5efe:a9fe:a9fe]", 80, "ipv6_embedding"),
+    // Hairpin (#23): the platform's own ranges, even inside a carve-out.
+    case("45.33.40.7", 443, "platform_address"),
+    case("[2600:3c01:40::5]", 443, "platform_address"),
+    as_tenant("wide", "45.33.40.7", 443, "platform_address"),
+    named(
+        "smoke",
+        "node-7.example",
+        &["45.33.40.7"],
+        "platform_address",
+    ),
+    // Default deny (#8): a name no allow glob matches is refused before it is resolved (the
+    // answers here are never looked at: see `default_deny_names_are_never_resolved`).
+    named(
+        "locked",
+        "exfil-7e3f9a0c.attacker.test",
+        &["93.184.216.34"],
+        "not_allowed",
+    ),
+    named(
+        "locked",
+        "api.partner.example",
+        &["93.184.216.34"],
+        "allowed",
+    ),
+    named(
+        "locked-cidr",
+        "in-range.example",
+        &["93.184.216.34"],
+        "allowed",
+    ),
+    named(
+        "locked-cidr",
+        "out-of-range.example",
+        &["8.8.8.8"],
+        "not_allowed",
+    ),
 ];
 
 /// The verdict class for one row, the way `flow::Gateway::open` computes it.
@@ -328,7 +465,10 @@ fn verdict(policy: &EgressPolicy, case: &Case) -> Result<(), Denial> {
 
 #[test]
 fn every_ssrf_case_gets_its_verdict() {
-    assert!(CASES.len() >= 40, "the issue asks for at least 40 cases");
+    assert!(
+        CASES.len() >= 160,
+        "the cases of #9, #13, #8 and #23 are all here"
+    );
     let policy = policy();
     let mut failures = Vec::new();
     for case in CASES {
@@ -354,6 +494,90 @@ fn every_ssrf_case_gets_its_verdict() {
         failures.join("\n")
     );
     println!("{} SSRF cases passed", CASES.len());
+}
+
+/// Whether a flow to `host` as `tenant` gets past step 1, that is whether the gateway would ask
+/// its resolver.
+fn would_resolve(policy: &EgressPolicy, tenant: &str, host: &str, port: u16) -> bool {
+    let host = parse_host(host).unwrap();
+    let tags = FlowTags {
+        tenant: tenant.to_owned(),
+        document: "doc".to_owned(),
+    };
+    policy.check_request(&tags, &host, port).is_ok()
+}
+
+#[test]
+fn default_deny_names_are_never_resolved() {
+    let policy = policy();
+    // The review's case: a strict tenant, a name off its allow list.
+    let refused = verdict(
+        &policy,
+        &Case {
+            tenant: "locked",
+            host: "exfil-7e3f9a0c.attacker.test",
+            port: 80,
+            answers: &[],
+            expect: "",
+        },
+    )
+    .unwrap_err();
+    assert_eq!(refused.class(), "not_allowed");
+    assert_eq!(
+        refused.to_string(),
+        "denied: exfil-7e3f9a0c.attacker.test is not on the allow list of tenant locked (default deny); ask your admin to allow it"
+    );
+    assert!(!would_resolve(
+        &policy,
+        "locked",
+        "exfil-7e3f9a0c.attacker.test",
+        80
+    ));
+    assert!(!would_resolve(
+        &policy,
+        "strict",
+        "exfil-7e3f9a0c.attacker.test",
+        443
+    ));
+    // Name lookups take the same step 1.
+    let tags = FlowTags {
+        tenant: "locked".to_owned(),
+        document: "doc".to_owned(),
+    };
+    let exfil = parse_host("exfil-7e3f9a0c.attacker.test").unwrap();
+    assert_eq!(
+        policy.check_name(&tags, &exfil).unwrap_err().class(),
+        "not_allowed"
+    );
+    // Allowed names are resolved; with an allow CIDR any name must be (its answers may fall
+    // in the range); a default-allow tenant resolves everything not denied.
+    assert!(would_resolve(&policy, "locked", "api.partner.example", 80));
+    assert!(would_resolve(
+        &policy,
+        "locked-cidr",
+        "anything.example",
+        80
+    ));
+    assert!(would_resolve(
+        &policy,
+        "smoke",
+        "exfil-7e3f9a0c.attacker.test",
+        80
+    ));
+    // Literal addresses are not names: decided by their address as before.
+    assert!(would_resolve(&policy, "locked", "93.184.216.34", 80));
+}
+
+#[test]
+fn a_default_allow_tenant_cannot_reach_the_azure_wireserver() {
+    let policy = policy();
+    for host in ["168.63.129.16", "[::ffff:168.63.129.16]"] {
+        let denial = verdict(&policy, &as_tenant("smoke", host, 80, "")).unwrap_err();
+        assert_eq!(denial.class(), "cloud_metadata", "{host}");
+        assert!(denial.to_string().ends_with("it can never be reached"));
+    }
+    let denial = verdict(&policy, &as_tenant("carve", "168.63.129.16", 80, "")).unwrap_err();
+    assert_eq!(denial.class(), "cloud_metadata");
 }
 
 #[test]

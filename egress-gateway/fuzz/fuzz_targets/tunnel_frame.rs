@@ -1,4 +1,4 @@
-//! Tunnel frames (FlowOpen from nodes, FlowReply from the gateway).
+//! Tunnel frames (FlowOpen from nodes, with its optional origin; FlowReply from the gateway).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

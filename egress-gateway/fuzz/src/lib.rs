@@ -5,20 +5,25 @@ use std::net::IpAddr;
 
 use airlock_egress::connect::{MAX_HEAD, decode_head};
 use airlock_egress::frame::{
-    FlowOpen, FlowReply, LookupReply, MAX_DOCUMENT_LEN, MAX_LOOKUP_BODY, MAX_LOOKUP_NAME_LEN,
+    FlowOpen, FlowReply, LookupReply, MAX_CELL_LEN, MAX_DOCUMENT_LEN, MAX_LOOKUP_BODY, MAX_LOOKUP_NAME_LEN,
     MAX_LOOKUP_REPLY_BODY, MAX_OPEN_BODY, MAX_REASON_LEN, MAX_REPLY_BODY, MAX_TENANT_LEN,
-    NameLookup, StreamRequest,
+    MAX_USER_LEN, NameLookup, StreamRequest,
 };
 use airlock_egress::host::{Host, MAX_NAME_LEN, parse_authority, parse_host};
 use airlock_egress::socks::codec::{decode_greeting, decode_request, decode_userpass};
 
-/// Tunnel frames as the gateway (FlowOpen) and a node (FlowReply) read them.
+/// Tunnel frames as the gateway (FlowOpen, with or without its origin) and a node (FlowReply)
+/// read them.
 pub fn check_tunnel_frames(data: &[u8]) {
     if let Ok(Some((open, used))) = FlowOpen::decode(data) {
         assert!(used <= data.len() && used <= 4 + MAX_OPEN_BODY);
         assert!(open.port != 0);
         assert!(!open.tenant.is_empty() && open.tenant.len() <= MAX_TENANT_LEN);
         assert!(!open.document.is_empty() && open.document.len() <= MAX_DOCUMENT_LEN);
+        if let Some(origin) = &open.origin {
+            assert!(!origin.cell.is_empty() && origin.cell.len() <= MAX_CELL_LEN);
+            assert!(origin.user.len() <= MAX_USER_LEN);
+        }
         let again = open.encode().expect("a decoded frame encodes");
         assert_eq!(again, data[..used], "decode → encode is the identity");
     }

@@ -24,8 +24,8 @@ pub enum SpecialRange {
     Private(&'static str),
     /// `169.254.0.0/16`, `fe80::/10`.
     LinkLocal,
-    /// The cloud instance metadata endpoints: `169.254.169.254`, AWS's `169.254.170.2` and
-    /// `169.254.170.23`, and `fd00:ec2::254`/`fd00:ec2::23`. They hand out credentials.
+    /// The cloud instance metadata and platform endpoints of the major clouds (see
+    /// [`CLOUD_METADATA`]). They hand out credentials, or answer by source address.
     CloudMetadata,
     /// `100.64.0.0/10` (RFC 6598), carrier-grade NAT; Tailscale and EKS pod networks live here.
     Cgnat,
@@ -54,6 +54,9 @@ pub enum Embedding {
     Compatible,
     /// An ISATAP interface identifier `::0:5efe:a.b.c.d` or `::200:5efe:a.b.c.d` (RFC 5214).
     Isatap,
+    /// `::ffff:0:a.b.c.d` (RFC 6145 IPv4-translated, SIIT): a translator delivers it to the
+    /// IPv4 address.
+    Siit,
 }
 
 impl Embedding {
@@ -65,6 +68,7 @@ impl Embedding {
             Embedding::Teredo => "Teredo, RFC 4380",
             Embedding::Compatible => "IPv4-compatible IPv6, RFC 4291",
             Embedding::Isatap => "ISATAP, RFC 5214",
+            Embedding::Siit => "IPv4-translated, RFC 6145",
         }
     }
 }
@@ -137,7 +141,11 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// The special-purpose range of a canonical address, or `None` for an ordinary unicast
 /// address.
 pub fn special_range(ip: IpAddr) -> Option<SpecialRange> {
-    match canonical(ip) {
+    let ip = canonical(ip);
+    if cloud_metadata(ip).is_some() {
+        return Some(SpecialRange::CloudMetadata);
+    }
+    match ip {
         IpAddr::V4(ip) => special_v4(ip),
         IpAddr::V6(ip) => special_v6(ip),
     }
@@ -147,12 +155,68 @@ const fn v4(a: u8, b: u8, c: u8, d: u8) -> u32 {
     u32::from_be_bytes([a, b, c, d])
 }
 
-/// IPv4 special-purpose ranges, most specific first (the first match wins).
+/// The cloud metadata and platform endpoints, per cloud: never reachable, whatever a tenant
+/// allows. Most sit inside a carvable range (link-local, CGNAT, ULA, `192.0.0.0/24`), so a
+/// carve-out for that range must still not open them; Azure's WireServer is a public address,
+/// so a default-allow tenant would reach it without this list.
+pub const CLOUD_METADATA: &[(IpAddr, &str)] = &[
+    (
+        ip4(169, 254, 169, 254),
+        "AWS, GCP, Azure, OCI, DigitalOcean, OpenStack, … IMDS",
+    ),
+    (ip4(169, 254, 170, 2), "AWS ECS task credentials"),
+    (ip4(169, 254, 170, 23), "AWS EKS Pod Identity"),
+    (
+        ip6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]),
+        "AWS IMDS over IPv6",
+    ),
+    (
+        ip6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23]),
+        "AWS EKS Pod Identity over IPv6",
+    ),
+    (
+        ip6([0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254]),
+        "GCP metadata over IPv6",
+    ),
+    (
+        ip4(168, 63, 129, 16),
+        "Azure WireServer (platform agent, DNS, health probes)",
+    ),
+    (ip4(100, 100, 100, 200), "Alibaba Cloud metadata"),
+    (ip4(192, 0, 0, 192), "Oracle Cloud legacy metadata"),
+    (ip4(169, 254, 0, 23), "Tencent Cloud metadata"),
+    (ip4(169, 254, 42, 42), "Scaleway metadata"),
+    (
+        ip6([0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42]),
+        "Scaleway metadata over IPv6",
+    ),
+    (
+        ip6([0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe]),
+        "OpenStack metadata over IPv6",
+    ),
+];
+
+const fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+const fn ip6(s: [u16; 8]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+    ))
+}
+
+/// Which cloud endpoint `ip` is, if it is one.
+pub fn cloud_metadata(ip: IpAddr) -> Option<&'static str> {
+    CLOUD_METADATA
+        .iter()
+        .find_map(|(endpoint, what)| (*endpoint == ip).then_some(*what))
+}
+
+/// IPv4 special-purpose ranges, most specific first (the first match wins). The cloud
+/// endpoints ([`CLOUD_METADATA`]) are looked up before this table.
 const V4_TABLE: &[(u32, u8, SpecialRange)] = &[
     (v4(255, 255, 255, 255), 32, SpecialRange::Broadcast),
-    (v4(169, 254, 169, 254), 32, SpecialRange::CloudMetadata),
-    (v4(169, 254, 170, 2), 32, SpecialRange::CloudMetadata),
-    (v4(169, 254, 170, 23), 32, SpecialRange::CloudMetadata),
     (v4(0, 0, 0, 0), 8, SpecialRange::Unspecified),
     (v4(10, 0, 0, 0), 8, SpecialRange::Private("RFC 1918")),
     (v4(100, 64, 0, 0), 10, SpecialRange::Cgnat),
@@ -236,16 +300,6 @@ const V6_TABLE: &[(u128, u8, SpecialRange)] = &[
     (v6([0, 0, 0, 0, 0, 0, 0, 0]), 128, SpecialRange::Unspecified),
     (v6([0, 0, 0, 0, 0, 0, 0, 1]), 128, SpecialRange::Loopback),
     (
-        v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]),
-        128,
-        SpecialRange::CloudMetadata,
-    ),
-    (
-        v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23]),
-        128,
-        SpecialRange::CloudMetadata,
-    ),
-    (
         v6([0x100, 0, 0, 0, 0, 0, 0, 0]),
         64,
         SpecialRange::Reserved("discard-only, RFC 6666"),
@@ -316,11 +370,24 @@ fn special_v6(ip: Ipv6Addr) -> Option<SpecialRange> {
     if in_prefix(bits, v6([0, 0, 0, 0, 0, 0, 0, 0]), 96) {
         return embedded(Embedding::Compatible, low32);
     }
+    if in_prefix(bits, v6([0, 0, 0, 0, 0xffff, 0, 0, 0]), 96) {
+        return embedded(Embedding::Siit, low32);
+    }
     if in_prefix(bits, v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0]), 96) {
         return embedded(Embedding::Nat64, low32);
     }
     if in_prefix(bits, v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0]), 48) {
         return embedded(Embedding::LocalNat64, low32);
+    }
+    // ISATAP interface identifier under any prefix (the u/g bits aside).
+    let isatap = s[4] & 0xfcff == 0 && s[5] == 0x5efe;
+    // The rest of ::/8 (NAT64 aside, which lives inside it): reserved by RFC 4291, never a
+    // destination on the internet; an ISATAP identifier in it still names its IPv4 address.
+    if in_prefix(bits, v6([0, 0, 0, 0, 0, 0, 0, 0]), 8) {
+        if isatap {
+            return embedded(Embedding::Isatap, low32);
+        }
+        return Some(SpecialRange::Reserved("reserved by IETF, RFC 4291"));
     }
     if in_prefix(bits, v6([0x2002, 0, 0, 0, 0, 0, 0, 0]), 16) {
         let ipv4 = Ipv4Addr::from(((u32::from(s[1])) << 16) | u32::from(s[2]));
@@ -329,17 +396,16 @@ fn special_v6(ip: Ipv6Addr) -> Option<SpecialRange> {
     if in_prefix(bits, v6([0x2001, 0, 0, 0, 0, 0, 0, 0]), 32) {
         return embedded(Embedding::Teredo, Ipv4Addr::from(!u32::from(low32)));
     }
-    if let Some(range) = V6_TABLE
+    let table = V6_TABLE
         .iter()
-        .find_map(|&(base, len, range)| in_prefix(bits, base, len).then_some(range))
-    {
-        return Some(range);
-    }
-    // ISATAP interface identifier under any prefix (the u/g bits aside).
-    if s[4] & 0xfcff == 0 && s[5] == 0x5efe {
+        .find_map(|&(base, len, range)| in_prefix(bits, base, len).then_some(range));
+    // ISATAP before the table: a ULA or documentation prefix must not hide the IPv4 address
+    // inside. A table range that can never be carved out (multicast) still wins, so the
+    // embedding cannot weaken it.
+    if isatap && table.is_none_or(|range| range.carvable()) {
         return embedded(Embedding::Isatap, low32);
     }
-    None
+    table
 }
 
 #[cfg(test)]
@@ -361,7 +427,59 @@ mod tests {
         assert_eq!(range("100.127.255.254"), Some(SpecialRange::Cgnat));
         assert_eq!(range("8.8.8.8"), None);
         assert_eq!(range("2001:4860:4860::8888"), None);
-        assert_eq!(range("64:ff9c::1"), None);
+        // Inside ::/8 but outside NAT64: reserved.
+        assert!(matches!(
+            range("64:ff9c::1"),
+            Some(SpecialRange::Reserved(_))
+        ));
+    }
+
+    #[test]
+    fn every_cloud_endpoint_is_metadata_and_never_carvable() {
+        for (ip, what) in CLOUD_METADATA {
+            assert_eq!(
+                special_range(*ip),
+                Some(SpecialRange::CloudMetadata),
+                "{what}"
+            );
+            assert!(!SpecialRange::CloudMetadata.carvable());
+        }
+        // Its neighbours keep their own range.
+        assert_eq!(range("168.63.129.15"), None);
+        assert_eq!(range("100.100.100.201"), Some(SpecialRange::Cgnat));
+        assert_eq!(range("169.254.42.43"), Some(SpecialRange::LinkLocal));
+        assert!(matches!(
+            range("192.0.0.193"),
+            Some(SpecialRange::Reserved(_))
+        ));
+        assert_eq!(
+            range("fd20:ce::253"),
+            Some(SpecialRange::Private("RFC 4193 unique-local"))
+        );
+    }
+
+    #[test]
+    fn the_rest_of_the_first_ipv6_eighth_is_reserved() {
+        assert_eq!(range("::"), Some(SpecialRange::Unspecified));
+        assert_eq!(range("::1"), Some(SpecialRange::Loopback));
+        for text in ["::1:0:0:0", "0:1::", "ff::1", "0:0:0:1::1"] {
+            assert!(
+                matches!(range(text), Some(SpecialRange::Reserved(_))),
+                "{text}: {:?}",
+                range(text)
+            );
+        }
+        assert!(matches!(
+            range("64:ff9b::1.2.3.4"),
+            Some(SpecialRange::Embedded {
+                form: Embedding::Nat64,
+                ..
+            })
+        ));
+        assert_eq!(
+            range("100::1"),
+            Some(SpecialRange::Reserved("discard-only, RFC 6666"))
+        );
     }
 
     #[test]
@@ -397,6 +515,25 @@ mod tests {
                 ipv4: Ipv4Addr::new(127, 0, 0, 1)
             })
         );
+        // SIIT carries its IPv4 address like the other forms.
+        assert_eq!(
+            range("::ffff:0:a9fe:a9fe"),
+            Some(SpecialRange::Embedded {
+                form: Embedding::Siit,
+                ipv4: Ipv4Addr::new(169, 254, 169, 254)
+            })
+        );
+        assert!(!range("::ffff:0:a9fe:a9fe").unwrap().carvable());
+        // ISATAP is seen under a ULA or documentation prefix too.
+        assert_eq!(
+            range("fd00::5efe:a9fe:a9fe"),
+            Some(SpecialRange::Embedded {
+                form: Embedding::Isatap,
+                ipv4: Ipv4Addr::new(169, 254, 169, 254)
+            })
+        );
+        assert!(!range("2001:db8::5efe:a9fe:a9fe").unwrap().carvable());
+        assert_eq!(range("ff02::5efe:10.0.0.1"), Some(SpecialRange::Multicast));
         assert!(matches!(
             range("2001:4860::5efe:10.0.0.1"),
             Some(SpecialRange::Embedded {

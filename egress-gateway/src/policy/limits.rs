@@ -1,7 +1,11 @@
-//! Per-tenant and per-document limits as sans-IO state: a ledger of open connections and token
-//! buckets for bytes per second. Time is passed in; nothing here sleeps or reads a clock. The
-//! gateway's flow driver holds them behind a mutex for a few instructions at a time and does
-//! the waiting itself.
+//! Per-tenant and per-document limits as sans-IO state: a ledger of open connections, a
+//! new-flow rate limiter, token buckets for bytes per second, and the idle clock of a flow.
+//! Time is passed in; nothing here sleeps or reads a clock. The gateway's flow driver holds
+//! them behind a mutex for a few instructions at a time and does the waiting itself.
+//!
+//! Safe defaults hold without any configuration ([`DefaultLimits`]): connections per tenant and
+//! per document, new flows per second per document, and an idle timeout. A tenant's or
+//! document's own `limits` replace the default connection limits.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,6 +21,39 @@ pub struct Limits {
     pub burst_bytes: Option<u64>,
 }
 
+/// The limits every tenant and document has unless its own config says otherwise (`[limits]`;
+/// `None`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultLimits {
+    /// Flows open at once per tenant (a tenant's `limits.connections` replaces it).
+    pub tenant_connections: Option<u32>,
+    /// Flows open at once per document (a document's `limits.connections` replaces it).
+    pub document_connections: Option<u32>,
+    /// New flows per second per document, on average...
+    pub new_flows_per_second: Option<u32>,
+    /// ...and at once after a quiet spell.
+    pub new_flow_burst: u32,
+    /// A flow with no byte in either direction for this long is closed.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl DefaultLimits {
+    /// The defaults documented in `docs/EGRESS.md`.
+    pub const SAFE: DefaultLimits = DefaultLimits {
+        tenant_connections: Some(2048),
+        document_connections: Some(256),
+        new_flows_per_second: Some(20),
+        new_flow_burst: 100,
+        idle_timeout: Some(Duration::from_secs(600)),
+    };
+}
+
+impl Default for DefaultLimits {
+    fn default() -> Self {
+        DefaultLimits::SAFE
+    }
+}
+
 /// Which limit refused a flow; shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
@@ -24,6 +61,80 @@ pub enum LimitExceeded {
     TenantConnections { tenant: String, limit: u32 },
     #[error("limited: this document already has {limit} connections open")]
     DocumentConnections { limit: u32 },
+    #[error(
+        "limited: this document opens connections faster than {per_second} per second; slow down and try again"
+    )]
+    NewFlowRate { per_second: u32 },
+}
+
+/// New flows per second per (tenant, document): a token bucket each, refilled at the rate.
+#[derive(Debug, Default)]
+pub struct NewFlowLimiter {
+    documents: HashMap<(String, String), (f64, Instant)>,
+}
+
+impl NewFlowLimiter {
+    /// Takes a token for a new flow of `document` at `now`, or says it is over the rate.
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        tenant: &str,
+        document: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<(), LimitExceeded> {
+        let rate = f64::from(per_second.max(1));
+        let burst = f64::from(burst.max(1));
+        // Forget documents whose bucket is full again, so documents that come and go do not
+        // pile up.
+        if self.documents.len() > 4096 {
+            self.documents.retain(|_, (level, last)| {
+                *level + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
+            });
+        }
+        let (level, last) = self
+            .documents
+            .entry((tenant.to_owned(), document.to_owned()))
+            .or_insert((burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *last = (*last).max(now);
+        *level = (*level + elapsed * rate).min(burst);
+        if *level >= 1.0 {
+            *level -= 1.0;
+            Ok(())
+        } else {
+            Err(LimitExceeded::NewFlowRate { per_second })
+        }
+    }
+}
+
+/// When a flow last moved a byte, to close it after an idle spell. The relay touches it on
+/// every chunk and asks [`IdleClock::deadline`] when to look again.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleClock {
+    timeout: Duration,
+    last: Instant,
+}
+
+impl IdleClock {
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        IdleClock { timeout, last: now }
+    }
+
+    /// Bytes moved at `now`.
+    pub fn touch(&mut self, now: Instant) {
+        self.last = self.last.max(now);
+    }
+
+    /// The instant the flow is idle for too long, if nothing moves before.
+    pub fn deadline(&self) -> Instant {
+        self.last + self.timeout
+    }
+
+    /// Whether the flow has been idle for the whole timeout at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
 }
 
 /// Open flows per tenant and per (tenant, document).
@@ -156,6 +267,35 @@ mod tests {
         ledger.close("acme", "b");
         ledger.close("acme", "c");
         assert_eq!(ledger.total(), 0);
+    }
+
+    #[test]
+    fn new_flows_are_limited_per_document_and_the_bucket_refills() {
+        let start = Instant::now();
+        let mut limiter = NewFlowLimiter::default();
+        for _ in 0..5 {
+            limiter.admit(start, "acme", "a", 10, 5).unwrap();
+        }
+        assert_eq!(
+            limiter.admit(start, "acme", "a", 10, 5),
+            Err(LimitExceeded::NewFlowRate { per_second: 10 })
+        );
+        limiter.admit(start, "acme", "b", 10, 5).unwrap();
+        // A tenth of a second brings one more token.
+        let later = start + Duration::from_millis(100);
+        limiter.admit(later, "acme", "a", 10, 5).unwrap();
+        assert!(limiter.admit(later, "acme", "a", 10, 5).is_err());
+    }
+
+    #[test]
+    fn the_idle_clock_moves_with_the_bytes() {
+        let start = Instant::now();
+        let mut clock = IdleClock::new(Duration::from_secs(60), start);
+        assert!(!clock.expired(start + Duration::from_secs(59)));
+        clock.touch(start + Duration::from_secs(59));
+        assert!(!clock.expired(start + Duration::from_secs(100)));
+        assert_eq!(clock.deadline(), start + Duration::from_secs(119));
+        assert!(clock.expired(start + Duration::from_secs(119)));
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //!
 //! 1. [`EgressPolicy::check_request`]: the tenant exists, the port is allowed, the host name is
 //!    not denied (built-in names such as `metadata.google.internal`, then global, tenant and
-//!    document deny globs). Deny wins over allow at every level.
+//!    document deny globs). Deny wins over allow at every level. Under default deny, a name no
+//!    allow glob matches is refused here too when no allow CIDR exists that an answer could
+//!    fall in: such a name is never resolved (DNS carries data out).
 //! 2. [`RequestCheck::select`] over the resolved answers: every address is classified
 //!    ([`RequestCheck::classify`]); the flow may dial only the allowed ones, in answer order.
 //!
 //! Classification of one address, in this order (first match decides):
-//! 1. the gateway's own listening sockets (self-connection) and its own addresses (configured
-//!    `own_addresses` and every tenant's static egress IPs): denied, never carved out;
+//! 1. the gateway's own listening sockets (self-connection), its own addresses (configured
+//!    `own_addresses` and every tenant's static egress IPs) and the platform's ranges
+//!    (`platform_cidrs`: nodes, coordinators): denied, never carved out;
 //! 2. special-purpose ranges that can never be carved out: unspecified, cloud metadata,
 //!    multicast, broadcast, and IPv6 forms embedding those;
 //! 3. deny CIDRs (global, tenant, document): denied — deny wins over any allow;
@@ -44,21 +47,34 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::host::{Host, HostError};
 pub use address::{Embedding, SpecialRange, canonical, special_range};
-pub use limits::{ConnectionLedger, LimitExceeded, Limits, TokenBucket};
+pub use limits::{
+    ConnectionLedger, DefaultLimits, IdleClock, LimitExceeded, Limits, NewFlowLimiter, TokenBucket,
+};
 pub use rules::{CidrRule, HostPattern, PortSet, RuleError, Rules};
 
-/// Names denied whatever the rules say: the local host and the cloud metadata services. Their
-/// addresses are denied as well; the names are denied too so that a resolver that answers them
-/// from a hosts file or a split-horizon zone cannot help.
+/// Names denied whatever the rules say: the local host and the cloud metadata services, per
+/// cloud. Their addresses are denied as well ([`address::CLOUD_METADATA`]); the names are
+/// denied too so that a resolver that answers them from a hosts file or a split-horizon zone
+/// cannot help, and because some (Equinix Metal's) are public addresses that answer by the
+/// caller's source address.
 pub const RESERVED_NAMES: &[&str] = &[
     "localhost",
     "*.localhost",
+    // GCP
     "metadata",
     "metadata.google.internal",
     "*.metadata.google.internal",
     "metadata.goog",
+    // AWS
     "instance-data",
     "instance-data.ec2.internal",
+    // Tencent Cloud
+    "metadata.tencentyun.com",
+    // Equinix Metal (formerly Packet)
+    "metadata.platformequinix.com",
+    "metadata.packet.net",
+    // IBM Cloud VPC
+    "api.metadata.cloud.ibm.com",
 ];
 
 /// Who a flow belongs to. The tunnel takes the tenant from the node's certificate and config;
@@ -142,6 +158,11 @@ pub enum Denial {
     GatewayAddress {
         ip: IpAddr,
     },
+    /// An address of the platform itself (nodes, coordinators): `[gateway] platform_cidrs`.
+    PlatformAddress {
+        ip: IpAddr,
+        rule: String,
+    },
     Range {
         ip: IpAddr,
         range: SpecialRange,
@@ -185,6 +206,7 @@ impl Denial {
             Denial::PortNotAllowed { .. } => "port_not_allowed",
             Denial::SelfConnection { .. } => "self_connection",
             Denial::GatewayAddress { .. } => "gateway_address",
+            Denial::PlatformAddress { .. } => "platform_address",
             Denial::Range { range, .. } => range.label(),
             Denial::DeniedAddress { .. } => "denied_address",
             Denial::NotAllowed { .. } => "not_allowed",
@@ -230,6 +252,10 @@ impl fmt::Display for Denial {
             Denial::GatewayAddress { ip } => write!(
                 f,
                 "{ip} is an address of the egress gateway itself; it can never be reached"
+            ),
+            Denial::PlatformAddress { ip, rule } => write!(
+                f,
+                "{ip} is an address of the Airlock platform itself ({rule}); it can never be reached"
             ),
             Denial::Range { ip, range } => {
                 write!(f, "{ip} is {range}")?;
@@ -316,11 +342,16 @@ pub struct EgressPolicy {
     pub tenants: HashMap<String, TenantPolicy>,
     /// Addresses of this host no flow may reach, on any port (its public and internal IPs).
     pub own_addresses: Vec<IpAddr>,
+    /// Ranges of the rest of the platform (the node fleet, coordinators, other gateways) no
+    /// flow may reach: a kernel must not come back in from the gateway's trusted addresses.
+    pub platform_cidrs: Vec<ipnet::IpNet>,
     /// The gateway's listening sockets (self-connection).
     pub listeners: Vec<SocketAddr>,
     /// Whether tenants without static egress addresses may dial from whatever address the
     /// kernel picks (for `airlock dev` on one machine); off in production.
     pub allow_unbound_source: bool,
+    /// Limits for tenants and documents that set none themselves, and the ones every flow has.
+    pub defaults: DefaultLimits,
     reserved_names: Vec<HostPattern>,
 }
 
@@ -448,6 +479,21 @@ impl EgressPolicy {
                 .allowed_host(host)
                 .map(|pattern| (pattern.to_string(), *scope))
         });
+        // Default deny, no allow glob for the name and no allow CIDR any answer could fall in:
+        // whatever the name resolves to, it will be refused. Refuse it now, so that the name
+        // never reaches a resolver (a name is a channel out: `<data>.attacker.example`).
+        if matches!(host, Host::Name(_))
+            && tenant.default == DefaultVerdict::Deny
+            && host_allowed.is_none()
+            && !scopes
+                .iter()
+                .any(|(rules, scope)| *scope != Scope::Global && !rules.allow_cidrs.is_empty())
+        {
+            return Err(Denial::NotAllowed {
+                host: host.to_string(),
+                tenant: tenant.name.clone(),
+            });
+        }
         Ok(RequestCheck {
             policy: self,
             tenant,
@@ -551,6 +597,17 @@ impl RequestCheck<'_> {
         }
         if self.policy.is_own(ip) {
             return Err(Denial::GatewayAddress { ip });
+        }
+        if let Some(net) = self
+            .policy
+            .platform_cidrs
+            .iter()
+            .find(|net| net.contains(&ip))
+        {
+            return Err(Denial::PlatformAddress {
+                ip,
+                rule: net.to_string(),
+            });
         }
         let range = special_range(ip);
         if let Some(range) = range.filter(|range| !range.carvable()) {
@@ -658,12 +715,18 @@ impl RequestCheck<'_> {
         family.get(index).copied().map(Source::Static)
     }
 
-    /// The connection limits of the tenant and of the document.
+    /// The connection limits of the tenant and of the document: their own, else the
+    /// gateway's defaults.
     pub fn connection_limits(&self) -> (Option<u32>, Option<u32>) {
+        let defaults = &self.policy.defaults;
         (
-            self.tenant.limits.connections,
+            self.tenant
+                .limits
+                .connections
+                .or(defaults.tenant_connections),
             self.document
-                .and_then(|document| document.limits.connections),
+                .and_then(|document| document.limits.connections)
+                .or(defaults.document_connections),
         )
     }
 }

@@ -134,6 +134,7 @@ pub async fn serve(gateway: Gateway, mut stream: TcpStream) -> Result<(), SocksS
             port: request.port,
             client,
             node: None,
+            origin: None,
         })
         .await;
     match flow {

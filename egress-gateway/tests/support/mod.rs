@@ -34,6 +34,8 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     /// A queries answered per name.
     pub a_queries: Arc<Mutex<HashMap<String, usize>>>,
+    /// Every question asked, of any type, per name (known or not).
+    pub questions: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl DnsServer {
@@ -46,6 +48,8 @@ impl DnsServer {
             .collect();
         let a_queries = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
         let counts = Arc::clone(&a_queries);
+        let questions = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let asked = Arc::clone(&questions);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -59,6 +63,7 @@ impl DnsServer {
                     continue;
                 };
                 let name = question.name().to_ascii().to_ascii_lowercase();
+                *asked.lock().unwrap().entry(name.clone()).or_default() += 1;
                 let qtype = question.query_type();
                 let mut response = Message::new();
                 response
@@ -108,7 +113,22 @@ impl DnsServer {
                 }
             }
         });
-        DnsServer { addr, a_queries }
+        DnsServer {
+            addr,
+            a_queries,
+            questions,
+        }
+    }
+
+    /// Questions of any type the server was asked about `name`.
+    pub fn questions(&self, name: &str) -> usize {
+        let key = format!("{}.", name.to_ascii_lowercase());
+        self.questions
+            .lock()
+            .unwrap()
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn a_queries(&self, name: &str) -> usize {

@@ -13,6 +13,10 @@
 //! A refused flow is reset at once, and the gateway's reason is written into the output of the
 //! cell that is running, as a line on stderr: `[airlock egress] host:port denied: reason`.
 //!
+//! Each flow also names its origin when the document says what is running
+//! ([`Egress::set_origin`]): the cell, the run and the user who started it, so the gateway's
+//! audit record can say which cell opened which connection (DESIGN §5).
+//!
 //! [`Egress`] is the handle the node shares between the kernels it starts (a restarted kernel
 //! gets a new namespace, same tunnel) and the document it serves.
 
@@ -25,6 +29,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
 use airlock_egress::tunnel::{TunnelClient, TunnelClientConfig, TunnelError};
+
+pub use airlock_egress::frame::FlowOrigin;
 
 pub use netns::{JailNetwork, NetworkError};
 
@@ -50,6 +56,8 @@ struct Inner {
     config: TunnelClientConfig,
     tunnel: tokio::sync::Mutex<Option<Arc<TunnelClient>>>,
     tags: RwLock<Option<FlowTags>>,
+    /// The cell, run and user executing now; every flow opened meanwhile carries it.
+    origin: RwLock<Option<FlowOrigin>>,
     notify: RwLock<Option<Notify>>,
     names: Mutex<SyntheticNames>,
 }
@@ -79,6 +87,7 @@ impl Egress {
                 config,
                 tunnel: tokio::sync::Mutex::new(None),
                 tags: RwLock::new(None),
+                origin: RwLock::new(None),
                 notify: RwLock::new(None),
                 names: Mutex::new(SyntheticNames::default()),
             }),
@@ -94,6 +103,22 @@ impl Egress {
     /// runs no user code.
     pub fn assign(&self, tags: FlowTags) {
         *self.inner.tags.write().unwrap_or_else(|e| e.into_inner()) = Some(tags);
+    }
+
+    /// Says which cell and run are executing now and who started the run (`None` between
+    /// runs). Flows opened from now on carry it to the gateway, which writes it into their
+    /// audit records. Called by the document as runs start and end.
+    pub fn set_origin(&self, origin: Option<FlowOrigin>) {
+        *self.inner.origin.write().unwrap_or_else(|e| e.into_inner()) = origin;
+    }
+
+    /// What [`Egress::set_origin`] last said.
+    fn origin(&self) -> Option<FlowOrigin> {
+        self.inner
+            .origin
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_notify(&self, notify: Notify) {

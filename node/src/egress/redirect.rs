@@ -186,7 +186,12 @@ async fn open_flow(
             .map_err(|_| FlowError::Silent)??;
         let opened = tokio::time::timeout(
             ANSWER_WITHIN,
-            tunnel.open_flow(destination.clone(), &tags.document, &tags.tenant),
+            tunnel.open_flow_from(
+                destination.clone(),
+                &tags.document,
+                &tags.tenant,
+                egress.origin(),
+            ),
         )
         .await;
         match opened {
