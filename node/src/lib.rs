@@ -46,6 +46,10 @@ use crate::kernel::{KernelBridge, KernelConfig, KernelError};
 use crate::session::Gate;
 use crate::tls::{NodeCertificate, TlsError, TlsSource};
 
+/// What egress audit records name as the cell of code sent with `execute` rather than run as a
+/// cell.
+pub const ADHOC_CELL: &str = "(execute)";
+
 /// Everything a node needs, read once by the binary and passed down.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -296,8 +300,17 @@ impl WarmNode {
                 document: assignment.document.clone(),
                 tenant: assignment.tenant.clone(),
             });
-            let document = document.clone();
-            egress.set_notify(Arc::new(move |text| document.notice(text)));
+            let notices = document.clone();
+            egress.set_notify(Arc::new(move |text| notices.notice(text)));
+            // Each flow names the cell, run and user that were executing when it opened.
+            let flows = egress.clone();
+            document.watch_runs(Arc::new(move |origin| {
+                flows.set_origin(origin.map(|origin| airlock_egress::frame::FlowOrigin {
+                    cell: origin.cell.unwrap_or_else(|| ADHOC_CELL.to_owned()),
+                    run: origin.run,
+                    user: origin.user,
+                }));
+            }));
         }
         let gate = Arc::new(Gate {
             document: assignment.document.clone(),
