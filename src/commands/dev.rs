@@ -100,9 +100,13 @@ impl DevRegion {
     pub async fn start(options: DevOptions) -> anyhow::Result<DevRegion> {
         std::fs::create_dir_all(&options.data)
             .with_context(|| format!("creating {}", options.data.display()))?;
+        // Not the host's /tmp: as root, /run/airlock (see `default_runtime_dir`).
+        let runtime_parent = airlock_node::jail::default_runtime_dir();
+        std::fs::create_dir_all(&runtime_parent)
+            .with_context(|| format!("creating {}", runtime_parent.display()))?;
         let runtime = tempfile::Builder::new()
             .prefix("airlock-dev-")
-            .tempdir()
+            .tempdir_in(&runtime_parent)
             .context("making a runtime folder for the tasks")?;
         let ca = ClusterCa::generate("airlock dev").context("making the dev cluster's CA")?;
         let tls = ca

@@ -90,8 +90,10 @@ pub struct Args {
     /// nothing) [default: $XDG_DATA_HOME/airlock/documents].
     #[arg(long, value_name = "DIR|URL", env = "AIRLOCK_STORE")]
     store: Option<String>,
-    /// Folder for the kernel's connection file and IPC sockets.
-    #[arg(long, value_name = "DIR", default_value_os_t = std::env::temp_dir())]
+    /// Folder for each kernel's private runtime folder (its connection file; a jailed kernel's
+    /// IPC sockets live in a 1 MiB tmpfs of its own, never on this folder's filesystem)
+    /// [default: /run/airlock as root, else $XDG_RUNTIME_DIR/airlock, else the temp folder].
+    #[arg(long, value_name = "DIR", default_value_os_t = airlock_node::jail::default_runtime_dir(), hide_default_value = true)]
     runtime_dir: PathBuf,
     /// Largest protocol frame accepted, in bytes (at most 16 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_LEN)]

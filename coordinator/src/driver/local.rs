@@ -339,10 +339,9 @@ impl LocalDriver {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            // Its own group, so a stop reaches whatever the node started in it.
-            .process_group(0)
             // Belt and braces: tokio kills the leader if the reaper is dropped (runtime gone).
             .kill_on_drop(true);
+        own_session(&mut command);
         let child = command.spawn().map_err(|source| DriverError::Program {
             program: program.clone(),
             source,
@@ -600,6 +599,18 @@ fn parse_handle(handle: &str) -> Option<(TaskId, u32)> {
     Some((TaskId(task.to_owned()), pid.parse().ok()?))
 }
 
+/// Makes the node `command` starts lead its own session, and with it its own process group: a
+/// stop reaches whatever the node started in the group, and the terminal `airlock dev` runs in
+/// is no node's (nor any kernel's) controlling terminal.
+#[allow(unsafe_code)]
+fn own_session(command: &mut Command) {
+    // SAFETY: the closure runs between `fork` and `exec` and only calls `setsid`, which is
+    // async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+}
+
 fn labels(region: &Region, tier: &Tier) -> [(&'static str, String); 3] {
     [
         ("driver", "local".to_owned()),
@@ -704,6 +715,29 @@ mod tests {
             killpg_raw(0, Signal::SIGKILL).is_err(),
             "our own group is never a task"
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_leads_a_session_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LocalDriverConfig::new(
+            NodeCommand::Custom {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), "exec sleep 1000".into()],
+            },
+            dir.path().join("run"),
+            dir.path().join("logs"),
+        );
+        config.insecure_no_jail = true;
+        let driver = LocalDriver::new(config);
+        let started = driver.start(spec()).await.unwrap();
+        let (_, pid) = parse_handle(&started.handle).unwrap();
+        let pid = Pid::from_raw(pid as i32);
+        let session = nix::unistd::getsid(Some(pid)).unwrap();
+        assert_eq!(session, pid, "the node leads its session");
+        assert_ne!(session, nix::unistd::getsid(None).unwrap());
+        assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
+        driver.stop(&started.handle).await.unwrap();
     }
 
     #[test]

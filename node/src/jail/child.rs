@@ -21,14 +21,24 @@ pub(crate) const JAIL_ID: u32 = 1000;
 /// staging root).
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// `mkdir` (an existing folder is fine).
-    Mkdir(CString),
+    /// `mkdir` with this mode (an existing folder is fine).
+    Mkdir(CString, libc::mode_t),
     /// Create an empty file to bind a file onto.
     Touch(CString),
     /// Create a file with this content (mode 0644).
     Write(CString, Vec<u8>),
     /// `symlink(target, link)`.
     Symlink { target: CString, link: CString },
+    /// Makes the mount at `target` and every mount beneath it read-only, `nosuid` and `nodev`
+    /// with `mount_setattr(AT_RECURSIVE)`. Where that call is missing (`ENOSYS`, Linux before
+    /// 5.12), remounts `target` and then each of `fallback` (the submounts, with the flags each
+    /// keeps) one by one.
+    ReadOnlyTree {
+        target: CString,
+        fallback: Vec<(CString, libc::c_ulong)>,
+    },
+    /// Attaches the detached mount `mount` (the kernel's socket tmpfs) at `target`.
+    Attach { mount: RawFd, target: CString },
     /// `mount(2)`.
     Mount {
         source: Option<CString>,
@@ -65,15 +75,35 @@ pub(crate) struct ChildPlan {
     pub(crate) uid_map: Vec<u8>,
     pub(crate) gid_map: Vec<u8>,
     pub(crate) work_dir: CString,
-    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Every resource limit, as (resource, soft, hard): nothing is inherited from the node.
+    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// Written to `/proc/self/oom_score_adj` while still root, which also makes it the floor
+    /// the kernel cannot go below.
+    pub(crate) oom_score_adj: Vec<u8>,
     pub(crate) landlock: Option<Landlock>,
     pub(crate) allow_list: BpfProgram,
     pub(crate) clone3: BpfProgram,
+    pub(crate) unknown: BpfProgram,
     /// Write end of the pipe the kernel reports a failed step on.
     pub(crate) report: OwnedFd,
     /// The network namespace the node prepared (egress through the node), entered instead of
     /// unsharing an empty one.
     pub(crate) network: Option<RawFd>,
+}
+
+/// Makes the process `command` starts (unjailed) lead a session and process group of its own,
+/// so that no terminal the node was started from is its controlling terminal.
+pub(crate) fn own_session(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between `fork` and `exec` and only calls `setsid`, which is
+    // async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The names of the steps, indexed by the byte written to the report pipe.
@@ -98,6 +128,9 @@ pub(crate) const STEP_NAMES: &[&str] = &[
     "apply landlock",
     "apply seccomp",
     "enter the network namespace",
+    "set the OOM score",
+    "reset the scheduling policy",
+    "mark inherited files close-on-exec",
 ];
 
 /// A failed step: its index into [`STEP_NAMES`] and the `errno`.
@@ -125,6 +158,14 @@ pub(crate) unsafe fn enter(plan: &ChildPlan) -> io::Result<()> {
     // SAFETY (for every libc call below): each is a plain system call on arguments that live for
     // the whole call (the plan, stack values); none allocates or takes a lock.
     unsafe {
+        // A session of its own, so neither the supervisor nor the kernel has a controlling
+        // terminal: the terminal that started the node is out of reach (no `/dev/tty`, no
+        // `TIOCSPGRP`), and the node's Ctrl-C does not reach the jail. The supervisor leads the
+        // session and its process group; the kernel it forks stays in both, so the node's
+        // signals to the group (interrupts, kills) reach it.
+        if libc::setsid() == -1 {
+            return Err(io::Error::last_os_error());
+        }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -270,13 +311,16 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
             libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as _,
         )?;
         loopback_up().map_err(|code| Failure(8, code))?;
-        for &(resource, value) in &plan.rlimits {
+        for &(resource, soft, hard) in &plan.rlimits {
             let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             check(9, libc::setrlimit(resource, &limit) as _)?;
         }
+        write_file(c"/proc/self/oom_score_adj", &plan.oom_score_adj)
+            .map_err(|code| Failure(20, code))?;
+        reset_scheduling().map_err(|code| Failure(21, code))?;
 
         // Become nobody on the host: no supplementary groups, the kernel's own uid and gid.
         check(10, libc::setgroups(0, ptr::null()) as _)?;
@@ -313,18 +357,112 @@ unsafe fn kernel(plan: &ChildPlan) -> Result<(), Failure> {
         if let Some(landlock) = &plan.landlock {
             restrict_with_landlock(landlock).map_err(|code| Failure(17, code))?;
         }
+        // Whatever the node left open without `O_CLOEXEC` (a C library that forgot it) closes
+        // at `exec`; the plan's own descriptors stay usable until then.
+        check(
+            22,
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ),
+        )?;
         install_filter(&plan.allow_list).map_err(|code| Failure(18, code))?;
         install_filter(&plan.clone3).map_err(|code| Failure(18, code))?;
+        install_filter(&plan.unknown).map_err(|code| Failure(18, code))?;
         Ok(())
     }
 }
 
-unsafe fn run_step(step: &Step) -> Result<(), i32> {
+/// Gives up a real-time policy and a raised priority inherited from the node: the kernel runs
+/// as an ordinary task, at nice 0 or lower priority (`RLIMIT_RTPRIO` and `RLIMIT_NICE` are 0,
+/// so it cannot climb back).
+unsafe fn reset_scheduling() -> Result<(), i32> {
+    // SAFETY: plain system calls on a stack value.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy == -1 {
+            return Err(errno());
+        }
+        let ordinary = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE];
+        if !ordinary.contains(&(policy & !libc::SCHED_RESET_ON_FORK)) {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == -1 {
+                return Err(errno());
+            }
+        }
+        // `getpriority` may legitimately return -1, so errno tells errors apart.
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if nice == -1 && errno() != 0 {
+            return Err(errno());
+        }
+        if nice < 0 && libc::setpriority(libc::PRIO_PROCESS, 0, 0) == -1 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+}
+
+/// Runs one step of assembling the root; `Err` is the `errno`.
+///
+/// # Safety
+/// Between `fork` and `exec` (or in a single-threaded child), like every function here.
+pub(super) unsafe fn run_step(step: &Step) -> Result<(), i32> {
     // SAFETY: plain system calls on NUL-terminated strings and buffers owned by the plan.
     unsafe {
         match step {
-            Step::Mkdir(path) => {
-                if libc::mkdir(path.as_ptr(), 0o755) == -1 && errno() != libc::EEXIST {
+            Step::Mkdir(path, mode) => {
+                if libc::mkdir(path.as_ptr(), *mode) == -1 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+            }
+            Step::ReadOnlyTree { target, fallback } => {
+                let attr = MountAttr {
+                    attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                let result = libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    AT_RECURSIVE,
+                    &attr,
+                    size_of::<MountAttr>(),
+                );
+                if result == -1 {
+                    if errno() != libc::ENOSYS {
+                        return Err(errno());
+                    }
+                    let read_only = libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV;
+                    let top = std::iter::once((target, 0));
+                    for (mount, keep) in top.chain(fallback.iter().map(|(m, k)| (m, *k))) {
+                        let flags = read_only | keep;
+                        if libc::mount(ptr::null(), mount.as_ptr(), ptr::null(), flags, ptr::null())
+                            == -1
+                        {
+                            return Err(errno());
+                        }
+                    }
+                }
+            }
+            Step::Attach { mount, target } => {
+                let result = libc::syscall(
+                    libc::SYS_move_mount,
+                    *mount,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                if result == -1 {
                     return Err(errno());
                 }
             }
@@ -379,6 +517,23 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
         Ok(())
     }
 }
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+// From `linux/mount.h`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+// From `linux/fcntl.h`.
+const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 unsafe fn write_all(fd: libc::c_int, mut content: &[u8]) -> Result<(), i32> {
     while !content.is_empty() {

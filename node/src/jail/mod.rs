@@ -14,20 +14,26 @@
 //! seccomp filters are compiled to BPF, the `/etc` files are rendered, the cgroup is created and
 //! its `cgroup.procs` files opened. After `fork` only raw system calls run (see [`child`]):
 //!
-//! 1. **Supervisor** (the process the node spawns, still in the host's namespaces): sets
+//! 1. **Supervisor** (the process the node spawns, still in the host's namespaces): starts a
+//!    session of its own (`setsid`: no controlling terminal for it or the kernel), sets
 //!    `PR_SET_PDEATHSIG`, unshares a pid namespace, forks the kernel-to-be, closes every file
 //!    it inherited, ignores `SIGINT`, and waits. When the kernel exits it exits the same way
 //!    (same code, or the same signal), so the node sees the kernel's own status.
 //! 2. **Kernel** (pid 1 of the new pid namespace), still host root:
 //!    joins its cgroup by writing `0` to `cgroup.procs`; unshares mount, network, IPC, UTS and
 //!    cgroup namespaces; makes `/` private; mounts a tmpfs as the new root and fills it: read-only
-//!    binds of `/usr` (and friends), of the Python installation (the virtualenv and the base
-//!    interpreter it links to, at their own paths) and of `/etc/ld.so.cache`; rendered
-//!    `/etc/{passwd,group,hosts,nsswitch.conf}`; the kernel's runtime folder (connection file and
-//!    IPC sockets) read-write at its own path; a size-limited tmpfs `/work` (cwd and `HOME`); a
-//!    tmpfs `/tmp` and `/dev/shm`; a tmpfs `/dev` with `null zero full random urandom tty`
-//!    bind-mounted from the host; a fresh `/proc`. Then `pivot_root` into it, detach the old root,
-//!    remount `/` read-only, set the hostname, bring `lo` up, set the rlimits.
+//!    binds of `/usr` (and friends) and of the Python installation (exactly `sys.prefix` and
+//!    `sys.base_prefix` as the interpreter reports them; one that holds a home folder or the
+//!    node's data is refused), read-only down to every submount (`mount_setattr` with
+//!    `AT_RECURSIVE`), the folders on the way created 0711; rendered
+//!    `/etc/{passwd,group,hosts,nsswitch.conf}` and `ld.so.cache`; the kernel's connection file
+//!    read-only at its own path, and next to it its `sockets` folder: a detached 1 MiB tmpfs the
+//!    node made (see [`runtime`]), attached here; a size-limited tmpfs `/work` (cwd and `HOME`); a
+//!    tmpfs `/tmp` and `/dev/shm`; a tmpfs `/dev` with `null zero full random urandom`
+//!    bind-mounted from the host (no `tty`); a fresh `/proc`. Then `pivot_root` into it, detach
+//!    the old root, remount `/` read-only, set the hostname, bring `lo` up, set every rlimit (none
+//!    is inherited from the node), an `oom_score_adj` of at least 500, and an ordinary
+//!    scheduling policy.
 //! 3. Drops to its unprivileged host uid/gid (no supplementary groups), unshares a **user**
 //!    namespace and maps its uid to the jail user (`1000`) with `setgroups` denied. Because every
 //!    other namespace was created by host root, the kernel holds no capability over its own
@@ -35,27 +41,35 @@
 //!    anything.
 //! 4. Drops every capability (bounding set, ambient, effective/permitted/inheritable), sets
 //!    `PR_SET_PDEATHSIG` again (changing credentials cleared it), `PR_SET_NO_NEW_PRIVS`, applies
-//!    the landlock ruleset (writes only under `/work`, `/tmp`, `/dev/shm`, the runtime folder and
-//!    the device nodes), then the seccomp filters, and returns to `exec` Python.
+//!    the landlock ruleset (writes only under `/work`, `/tmp`, `/dev/shm`, the sockets folder and
+//!    the device nodes), marks every inherited descriptor above 2 close-on-exec
+//!    (`close_range`), installs the seccomp filters, and returns to `exec` Python.
 //!
 //! Tear-down: killing the process group (supervisor and kernel) kills pid 1 of the namespace,
 //! and with it every process inside; the mount, network, IPC and user namespaces die with their
-//! last process; then the cgroup is emptied (`cgroup.kill` on v2) and removed. Nothing is ever
-//! mounted in the node's own mount namespace.
+//! last process (the socket tmpfs with them, once the node has closed its descriptor); then the
+//! cgroup is emptied (`cgroup.kill` on v2) and removed, and the kernel's host uid is free again
+//! ([`uids`]). Nothing is ever mounted in the node's own mount namespace.
 #![allow(unsafe_code)]
 
 mod cgroup;
 mod child;
 mod plan;
 mod preflight;
+mod runtime;
 mod seccomp;
+mod uids;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub(crate) use child::own_session;
 pub(crate) use plan::KernelJail;
 pub use preflight::{CgroupFlavor, HostSupport, Missing, PreflightError, preflight};
+pub(crate) use runtime::SOCKET_FOLDER;
+pub use runtime::default_runtime_dir;
+pub use uids::UidsExhausted;
 
 /// Resource limits of one tier of kernels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -167,11 +181,15 @@ pub struct JailConfig {
     /// Name of the cgroup folder under which each kernel gets its own
     /// (`/sys/fs/cgroup/<cgroup_parent>/<kernel>` on cgroup v2).
     pub cgroup_parent: String,
-    /// Each kernel runs as a host uid (and gid) picked from
-    /// `uid_base .. uid_base + uid_count`, so two kernels rarely share one; inside its user
-    /// namespace it is always uid 1000.
+    /// Each kernel runs as a host uid (and gid) from `uid_base .. uid_base + uid_count` that no
+    /// other running kernel of this node has (two nodes on one host should use separate
+    /// ranges); inside its user namespace it is always uid 1000.
     pub uid_base: u32,
     pub uid_count: u32,
+    /// Folders of the node no kernel may see: a Python prefix that holds one is refused. By
+    /// default the node's data folder (`$XDG_DATA_HOME/airlock`, else
+    /// `~/.local/share/airlock`), where its documents, keys and logs live.
+    pub protected_dirs: Vec<PathBuf>,
     /// Egress through the node and the gateway's tunnel: each kernel gets a network namespace
     /// whose TCP and DNS the node carries (`crate::egress`). `None`: loopback only, no way out.
     pub egress: Option<crate::egress::Egress>,
@@ -194,8 +212,17 @@ impl Default for JailConfig {
             cgroup_parent: "airlock".to_owned(),
             uid_base: 1_000_000,
             uid_count: 65_536,
+            protected_dirs: default_data_dir().into_iter().collect(),
             egress: None,
         }
+    }
+}
+
+/// The node's default data folder: the parent of the managed Python environment's.
+fn default_data_dir() -> Option<PathBuf> {
+    match crate::kernel::PythonSource::default_managed().ok()? {
+        crate::kernel::PythonSource::Managed { dir } => dir.parent().map(PathBuf::from),
+        crate::kernel::PythonSource::Existing(_) => None,
     }
 }
 
@@ -221,6 +248,28 @@ pub enum JailError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(transparent)]
+    Uids(#[from] UidsExhausted),
+    #[error(
+        "could not make the tmpfs for the kernel's sockets ({step}): {source}; the jail needs the mount API of Linux 5.2 or later"
+    )]
+    SocketsTmpfs {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "could not learn the Python installation of {python}: {detail}; pass --python with a working interpreter"
+    )]
+    PythonPrefix { python: PathBuf, detail: String },
+    #[error(
+        "the Python installation at {prefix} holds {what} {exposes}, which the jail would show every kernel; use an interpreter installed elsewhere (for example the managed environment, by leaving out --python, or a virtualenv made from a Python under /usr or /opt)"
+    )]
+    PrefixExposes {
+        prefix: PathBuf,
+        exposes: PathBuf,
+        what: &'static str,
     },
     #[error("could not compile the seccomp filter: {0}")]
     Seccomp(#[from] seccompiler::BackendError),

@@ -1,17 +1,21 @@
 //! One kernel's jail, as the node sees it: prepares the [`ChildPlan`] (everything that allocates),
 //! wraps the kernel command, and owns the kernel's cgroup until the kernel is gone.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::process::Command;
 
 use super::cgroup::KernelCgroup;
 use super::child::{self, ChildPlan, JAIL_ID, Landlock, STEP_NAMES, Step};
+use super::runtime::{self, SOCKET_FOLDER};
+use super::uids::{HostUid, KERNEL_UIDS};
 use super::{JailConfig, JailError, TierLimits, preflight, seccomp};
 use crate::egress::JailNetwork;
 
@@ -19,8 +23,34 @@ use crate::egress::JailNetwork;
 /// symlinks, as on merged-`/usr` systems).
 const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"];
 
-/// Device nodes bound from the host into the jail's `/dev`.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes bound from the host into the jail's `/dev`. Not `tty`: through it a kernel
+/// could reach the terminal that started the node (and the kernel has no controlling terminal
+/// anyway, see `child::enter`).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// Mode of the folders the jail creates on the way to a bound path (`/root` on the way to a
+/// Python under `/root/.pyenv`): they can be crossed, not listed, whatever the host's modes are.
+const PASSAGE_MODE: libc::mode_t = 0o711;
+
+/// The kernel's `oom_score_adj` (at least; a node that runs higher passes its own on): when the
+/// host runs out of memory, a kernel (one document, restartable) goes before the node (every
+/// document) and before the host's services. Written as root, it is also the floor the kernel
+/// cannot lower it below.
+const KERNEL_OOM_SCORE_ADJ: i32 = 500;
+
+/// `RLIMIT_STACK`: the usual 8 MiB, which the kernel may raise to 64 MiB. Never unlimited: an
+/// unlimited stack switches the kernel to the legacy, less random memory layout.
+const STACK_BYTES: (u64, u64) = (8 << 20, 64 << 20);
+
+/// `RLIMIT_MEMLOCK`: locked memory is counted in `memory.max` anyway; a little for libraries
+/// that lock a key in memory.
+const MEMLOCK_BYTES: u64 = 64 << 10;
+
+/// `RLIMIT_MSGQUEUE`: Linux's default for POSIX message queues (in the jail's own IPC namespace).
+const MSGQUEUE_BYTES: u64 = 819_200;
+
+/// `RLIMIT_SIGPENDING`: queued signals of the kernel's (unique) uid.
+const SIGPENDING: u64 = 1024;
 
 /// Host files copied into the jail's `/etc` when they exist.
 const ETC_COPIES: &[&str] = &["ld.so.cache", "localtime"];
@@ -58,6 +88,13 @@ pub(crate) struct KernelJail {
     limits: TierLimits,
     /// Read end of the pipe the kernel reports a failed set-up step on.
     report: OwnedFd,
+    /// The kernel's socket tmpfs (`runtime`), which the node reaches through this descriptor
+    /// (`/proc/<node>/fd/<n>`); held, never read, until the jail goes.
+    #[allow(dead_code)]
+    sockets: OwnedFd,
+    /// Given back (on drop) once the jail, and with it every process of the uid, is gone.
+    #[allow(dead_code)]
+    host_uid: HostUid,
 }
 
 impl KernelJail {
@@ -78,22 +115,27 @@ impl KernelJail {
                 path: runtime_folder.to_owned(),
             })?
             .to_owned();
-        let offset = rand::random::<u32>() % config.uid_count.max(1);
-        let host_id = config.uid_base.saturating_add(offset);
+        let host_uid = KERNEL_UIDS.allocate(config.uid_base, config.uid_count, rand::random())?;
+        let host_id = host_uid.get();
         let prepare_error = |path: &Path| {
             let path = path.to_owned();
             move |source| JailError::Prepare { path, source }
         };
+        let prefixes = bound_prefixes(python, &config.protected_dirs)?;
 
-        // The kernel's uid owns its runtime folder and connection file, nothing else.
-        chown_tree(runtime_folder, host_id).map_err(prepare_error(runtime_folder))?;
+        // The kernel's uid may read the connection file, bound read-only; the folder itself
+        // stays the node's. The sockets go to a tmpfs of the kernel's own (`runtime`).
+        chown_files(runtime_folder, host_id).map_err(prepare_error(runtime_folder))?;
+        let sockets = runtime::sockets_tmpfs(host_id)?;
+        runtime::link_sockets(runtime_folder, &sockets)?;
         let staging = runtime_folder.join(".root");
         std::fs::create_dir(&staging).map_err(prepare_error(&staging))?;
 
         let mut layout = Layout::new(&staging);
         layout.assemble(
-            python,
+            &prefixes,
             runtime_folder,
+            sockets.as_raw_fd(),
             &config.limits,
             host_id,
             config.egress.is_some(),
@@ -103,7 +145,7 @@ impl KernelJail {
         let limits = config.limits;
         let landlock = host
             .landlock_abi
-            .map(|abi| landlock_rules(abi, runtime_folder))
+            .map(|abi| landlock_rules(abi, &runtime_folder.join(SOCKET_FOLDER)))
             .transpose()?;
 
         // The cgroup comes last: from here on, any failure drops `jail`, which removes it.
@@ -114,6 +156,8 @@ impl KernelJail {
             network: None,
             limits,
             report: report_read,
+            sockets,
+            host_uid,
         };
         if let Some(egress) = &config.egress {
             let JailNetwork {
@@ -140,15 +184,12 @@ impl KernelJail {
             uid_map: format!("{JAIL_ID} {host_id} 1\n").into_bytes(),
             gid_map: format!("{JAIL_ID} {host_id} 1\n").into_bytes(),
             work_dir: CString::from(c"/work"),
-            rlimits: vec![
-                (libc::RLIMIT_NOFILE, limits.open_files),
-                (libc::RLIMIT_CORE, 0),
-                (libc::RLIMIT_FSIZE, limits.work_dir_bytes),
-                (libc::RLIMIT_NPROC, limits.pids),
-            ],
+            rlimits: rlimits(&limits),
+            oom_score_adj: oom_score_adj().to_string().into_bytes(),
             landlock,
             allow_list: filters.allow_list,
             clone3: filters.clone3,
+            unknown: filters.unknown,
             report: report_write,
             network: jail
                 .network
@@ -260,8 +301,12 @@ impl Layout {
         self.staging.join(relative)
     }
 
-    /// `mkdir -p` of `inside`.
+    /// `mkdir -p` of `inside`, each new folder [`PASSAGE_MODE`]: crossable, not listable.
     fn mkdirs(&mut self, inside: &Path) -> Result<(), JailError> {
+        self.mkdirs_with_mode(inside, PASSAGE_MODE)
+    }
+
+    fn mkdirs_with_mode(&mut self, inside: &Path, mode: libc::mode_t) -> Result<(), JailError> {
         let mut path = PathBuf::from("/");
         for component in inside.components() {
             if let Component::Normal(name) = component {
@@ -269,7 +314,7 @@ impl Layout {
                 if !self.made.contains(&path) {
                     self.made.push(path.clone());
                     let at = self.at(&path);
-                    self.steps.push(Step::Mkdir(cstring(&at)?));
+                    self.steps.push(Step::Mkdir(cstring(&at)?, mode));
                 }
             }
         }
@@ -295,9 +340,9 @@ impl Layout {
         Ok(())
     }
 
-    /// Binds host `path` at the same path inside, read-only (or read-write, never setuid or
-    /// devices).
-    fn bind(&mut self, path: &Path, writable: bool) -> Result<(), JailError> {
+    /// Binds host `path` at the same path inside, with every mount beneath it, all of them
+    /// read-only, never setuid, never devices.
+    fn bind(&mut self, path: &Path) -> Result<(), JailError> {
         let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
         if is_dir {
             self.mkdirs(path)?;
@@ -309,11 +354,17 @@ impl Layout {
             self.steps.push(Step::Touch(at));
         }
         self.mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
-        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
-        if !writable {
-            flags |= libc::MS_RDONLY;
+        // A remount would change only the top mount; `mount_setattr` reaches every submount.
+        // Where it is missing (before Linux 5.12), each mount is remounted on its own.
+        let mut fallback = Vec::new();
+        for (mount_point, keep) in submounts_of(path, &host_mounts()) {
+            fallback.push((cstring(&self.at(&mount_point))?, keep));
         }
-        self.mount(None, path, None, flags, None)
+        self.steps.push(Step::ReadOnlyTree {
+            target: cstring(&self.at(path))?,
+            fallback,
+        });
+        Ok(())
     }
 
     fn tmpfs(&mut self, inside: &Path, options: String) -> Result<(), JailError> {
@@ -335,8 +386,9 @@ impl Layout {
 
     fn assemble(
         &mut self,
-        python: &Path,
+        prefixes: &[PathBuf],
         runtime_folder: &Path,
+        sockets: RawFd,
         limits: &TierLimits,
         host_id: u32,
         network: bool,
@@ -351,18 +403,16 @@ impl Layout {
                         link,
                     });
                 }
-                Err(_) if path.is_dir() => self.bind(path, false)?,
+                Err(_) if path.is_dir() => self.bind(path)?,
                 Err(_) => {}
             }
         }
-        for prefix in python_prefixes(python) {
-            if !SYSTEM_DIRS.iter().any(|dir| prefix.starts_with(dir)) {
-                self.bind(&prefix, false)?;
-            }
+        for prefix in prefixes {
+            self.bind(prefix)?;
         }
 
         // A minimal /etc: who the jail user is, where localhost is, the loader's cache.
-        self.mkdirs(Path::new("/etc"))?;
+        self.mkdirs_with_mode(Path::new("/etc"), 0o755)?;
         let etc = Path::new("/etc");
         self.write(
             &etc.join("passwd"),
@@ -434,22 +484,24 @@ impl Layout {
             format!("size={},mode=1777", limits.work_dir_bytes),
         )?;
 
-        // The kernel's runtime folder, read-write at its own path, for the IPC sockets.
+        // The kernel's runtime folder at its own path: the node's files in it (the connection
+        // file) read-only, and the kernel's socket tmpfs attached as its `sockets` folder.
         self.mkdirs(runtime_folder)?;
-        self.mount(
-            Some(runtime_folder),
-            runtime_folder,
-            None,
-            libc::MS_BIND,
-            None,
-        )?;
-        self.mount(
-            None,
-            runtime_folder,
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?;
+        let entries = std::fs::read_dir(runtime_folder).map_err(|source| JailError::Prepare {
+            path: runtime_folder.to_owned(),
+            source,
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|kind| kind.is_file()) {
+                self.bind(&entry.path())?;
+            }
+        }
+        let socket_folder = runtime_folder.join(SOCKET_FOLDER);
+        self.mkdirs(&socket_folder)?;
+        self.steps.push(Step::Attach {
+            mount: sockets,
+            target: cstring(&self.at(&socket_folder))?,
+        });
 
         // A fresh /proc for the new pid namespace.
         self.mkdirs(Path::new("/proc"))?;
@@ -464,46 +516,191 @@ impl Layout {
     }
 }
 
-/// The folders that make up the Python installation behind `python`: a virtualenv's own folder
-/// and the base installation its `pyvenv.cfg` and symlinks point to.
-fn python_prefixes(python: &Path) -> Vec<PathBuf> {
-    let mut prefixes = Vec::new();
-    let mut push = |path: PathBuf| {
-        if !prefixes.iter().any(|p: &PathBuf| path.starts_with(p)) {
-            prefixes.retain(|p| !p.starts_with(&path));
-            prefixes.push(path);
+/// The interpreter's prefixes, as it reports them, by interpreter: asked once per process.
+static PREFIXES: Mutex<Option<HashMap<PathBuf, Vec<PathBuf>>>> = Mutex::new(None);
+
+/// The folders of the Python installation behind `python` that the jail binds: exactly
+/// `sys.prefix` and `sys.base_prefix` (and the `exec_prefix` pair, usually the same) as the
+/// interpreter reports them, less those inside the system folders (bound anyway). A prefix that
+/// is or holds a home folder, or holds one of `protected` (the node's data), is refused.
+fn bound_prefixes(python: &Path, protected: &[PathBuf]) -> Result<Vec<PathBuf>, JailError> {
+    let reported = interpreter_prefixes(python)?;
+    let homes = home_folders();
+    let protected: Vec<PathBuf> = protected
+        .iter()
+        .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+        .collect();
+    let mut prefixes: Vec<PathBuf> = Vec::new();
+    for prefix in reported {
+        let prefix = std::fs::canonicalize(&prefix).unwrap_or(prefix);
+        if SYSTEM_DIRS.iter().any(|dir| prefix.starts_with(dir)) {
+            continue;
         }
+        check_prefix(&prefix, &homes, &protected)?;
+        if !prefixes.iter().any(|p| prefix.starts_with(p)) {
+            prefixes.retain(|p| !p.starts_with(&prefix));
+            prefixes.push(prefix);
+        }
+    }
+    Ok(prefixes)
+}
+
+/// Runs `python` (isolated from the environment) to learn its prefixes; the answer is kept for
+/// the life of the process. This blocks for the interpreter's start-up, once per interpreter.
+fn interpreter_prefixes(python: &Path) -> Result<Vec<PathBuf>, JailError> {
+    let mut cache = PREFIXES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = cache.as_ref().and_then(|cache| cache.get(python)) {
+        return Ok(known.clone());
+    }
+    let failed = |detail: String| JailError::PythonPrefix {
+        python: python.to_owned(),
+        detail,
     };
-    let prefix_of = |interpreter: &Path| interpreter.parent()?.parent().map(Path::to_owned);
-    if let Some(venv) = prefix_of(python)
-        && let Ok(cfg) = std::fs::read_to_string(venv.join("pyvenv.cfg"))
-    {
-        for line in cfg.lines() {
-            if let Some((key, value)) = line.split_once('=')
-                && matches!(key.trim(), "home" | "executable")
-            {
-                let value = Path::new(value.trim());
-                let bin = if key.trim() == "home" {
-                    Some(value)
-                } else {
-                    value.parent()
+    let output = std::process::Command::new(python)
+        .args(["-I", "-c", PRINT_PREFIXES])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|error| failed(format!("it could not be run: {error}")))?;
+    if !output.status.success() {
+        return Err(failed(format!(
+            "it failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let prefixes: Vec<PathBuf> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    if prefixes.is_empty() || prefixes.iter().any(|p| !p.is_absolute()) {
+        return Err(failed(format!("it reported {prefixes:?}")));
+    }
+    cache
+        .get_or_insert_with(HashMap::new)
+        .insert(python.to_owned(), prefixes.clone());
+    Ok(prefixes)
+}
+
+/// What the interpreter runs to report its prefixes, one a line.
+const PRINT_PREFIXES: &str = "import sys\nfor p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix): print(p)";
+
+/// Refuses a prefix that would show the kernel a home folder or the node's data.
+fn check_prefix(prefix: &Path, homes: &[PathBuf], protected: &[PathBuf]) -> Result<(), JailError> {
+    let refuse = |exposes: &Path, what: &'static str| JailError::PrefixExposes {
+        prefix: prefix.to_owned(),
+        exposes: exposes.to_owned(),
+        what,
+    };
+    if let Some(home) = homes.iter().find(|home| home.starts_with(prefix)) {
+        return Err(refuse(home, "a home folder"));
+    }
+    if let Some(data) = protected.iter().find(|data| data.starts_with(prefix)) {
+        return Err(refuse(data, "the node's data folder"));
+    }
+    Ok(())
+}
+
+/// Home folders of root and of login users (uid 1000 and up) in `/etc/passwd`, resolved.
+fn home_folders() -> Vec<PathBuf> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    homes_in(&passwd)
+        .into_iter()
+        .map(|home| std::fs::canonicalize(&home).unwrap_or(home))
+        .collect()
+}
+
+fn homes_in(passwd: &str) -> Vec<PathBuf> {
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let uid: u32 = fields.get(2)?.parse().ok()?;
+            let home = Path::new(fields.get(5)?);
+            let login = uid == 0 || (1000..65534).contains(&uid);
+            (login && home.is_absolute() && home != Path::new("/")).then(|| home.to_owned())
+        })
+        .collect()
+}
+
+/// The host's mount points (`/proc/self/mountinfo`), each with the flags a read-only remount
+/// must keep (`noexec`, atime settings).
+fn host_mounts() -> Vec<(PathBuf, libc::c_ulong)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = PathBuf::from(unescape_mount_path(fields.get(4)?));
+            let mut keep = 0;
+            for option in fields.get(5)?.split(',') {
+                keep |= match option {
+                    "noexec" => libc::MS_NOEXEC,
+                    "noatime" => libc::MS_NOATIME,
+                    "nodiratime" => libc::MS_NODIRATIME,
+                    "relatime" => libc::MS_RELATIME,
+                    _ => 0,
                 };
-                if let Some(base) = bin.and_then(Path::parent) {
-                    push(base.to_owned());
-                }
             }
-        }
-        push(venv);
-    } else if let Some(prefix) = prefix_of(python) {
-        push(prefix);
-    }
-    if let Ok(real) = std::fs::canonicalize(python)
-        && let Some(prefix) = prefix_of(&real)
-    {
-        push(prefix);
-    }
-    prefixes.retain(|p| p.is_absolute() && p != Path::new("/"));
-    prefixes
+            Some((point, keep))
+        })
+        .collect()
+}
+
+/// The mounts strictly beneath `path`, with the flags to keep.
+fn submounts_of(path: &Path, mounts: &[(PathBuf, libc::c_ulong)]) -> Vec<(PathBuf, libc::c_ulong)> {
+    mounts
+        .iter()
+        .filter(|(point, _)| point.starts_with(path) && point != path)
+        .cloned()
+        .collect()
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+fn unescape_mount_path(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Every resource limit of a kernel, as (resource, soft, hard). Nothing is inherited from the
+/// node (whose limits may be a root service's: real-time priority, locked memory, a nice level).
+fn rlimits(limits: &TierLimits) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    let unlimited = libc::RLIM_INFINITY;
+    vec![
+        (libc::RLIMIT_CPU, unlimited, unlimited),
+        (
+            libc::RLIMIT_FSIZE,
+            limits.work_dir_bytes,
+            limits.work_dir_bytes,
+        ),
+        (libc::RLIMIT_DATA, unlimited, unlimited),
+        (libc::RLIMIT_STACK, STACK_BYTES.0, STACK_BYTES.1),
+        (libc::RLIMIT_CORE, 0, 0),
+        (libc::RLIMIT_RSS, unlimited, unlimited),
+        (libc::RLIMIT_NPROC, limits.pids, limits.pids),
+        (libc::RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (libc::RLIMIT_MEMLOCK, MEMLOCK_BYTES, MEMLOCK_BYTES),
+        (libc::RLIMIT_AS, unlimited, unlimited),
+        (libc::RLIMIT_LOCKS, limits.open_files, limits.open_files),
+        (libc::RLIMIT_SIGPENDING, SIGPENDING, SIGPENDING),
+        (libc::RLIMIT_MSGQUEUE, MSGQUEUE_BYTES, MSGQUEUE_BYTES),
+        // Neither a higher priority nor a real-time one (which would escape `cpu.max` where
+        // real-time tasks are not group-scheduled).
+        (libc::RLIMIT_NICE, 0, 0),
+        (libc::RLIMIT_RTPRIO, 0, 0),
+        (libc::RLIMIT_RTTIME, 0, 0),
+    ]
+}
+
+/// The kernel's `oom_score_adj`: [`KERNEL_OOM_SCORE_ADJ`], or the node's own when higher.
+fn oom_score_adj() -> i32 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|value| value.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    own.max(KERNEL_OOM_SCORE_ADJ)
 }
 
 /// The landlock rules: writes only beneath the work dir, `/tmp`, `/dev/shm` and the runtime
@@ -535,11 +732,13 @@ fn landlock_rules(abi: u32, runtime_folder: &Path) -> Result<Landlock, JailError
     Ok(Landlock { handled, rules })
 }
 
-/// Gives `dir` and the files directly in it to `id` (uid and gid).
-fn chown_tree(dir: &Path, id: u32) -> std::io::Result<()> {
-    std::os::unix::fs::chown(dir, Some(id), Some(id))?;
+/// Gives the files directly in `dir` (not the folder, not its subfolders) to `id`.
+fn chown_files(dir: &Path, id: u32) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        std::os::unix::fs::chown(entry?.path(), Some(id), Some(id))?;
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::os::unix::fs::chown(entry.path(), Some(id), Some(id))?;
+        }
     }
     Ok(())
 }
@@ -565,22 +764,187 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_virtualenv_brings_its_base_installation() {
-        let root = tempfile::tempdir().unwrap();
-        let base = root.path().join("versions/3.11.7");
-        let venv = root.path().join("venv");
-        std::fs::create_dir_all(base.join("bin")).unwrap();
-        std::fs::create_dir_all(venv.join("bin")).unwrap();
-        std::fs::write(base.join("bin/python3.11"), "").unwrap();
-        std::os::unix::fs::symlink(base.join("bin/python3.11"), venv.join("bin/python")).unwrap();
-        std::fs::write(
-            venv.join("pyvenv.cfg"),
-            format!("home = {}\nversion = 3.11.7\n", base.join("bin").display()),
-        )
-        .unwrap();
-        let mut prefixes = python_prefixes(&venv.join("bin/python"));
-        prefixes.sort();
-        assert_eq!(prefixes, vec![venv, base]);
+    fn a_prefix_showing_a_home_or_the_data_folder_is_refused() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
+        let homes = homes_in(passwd);
+        assert_eq!(
+            homes,
+            [PathBuf::from("/root"), PathBuf::from("/home/alice")]
+        );
+        let data = [PathBuf::from("/root/.local/share/airlock")];
+        let refused = |prefix: &str| check_prefix(Path::new(prefix), &homes, &data).err();
+        // `home = ~/.local/bin` in a virtualenv's pyvenv.cfg used to bind `~/.local`.
+        for prefix in [
+            "/root/.local",
+            "/root/.local/share",
+            "/root",
+            "/home",
+            "/home/alice",
+            "/",
+        ] {
+            let error = refused(prefix).unwrap_or_else(|| panic!("{prefix} was allowed"));
+            let message = error.to_string();
+            assert!(message.contains(prefix), "{message}");
+            assert!(
+                message.contains("use an interpreter installed elsewhere"),
+                "{message}"
+            );
+        }
+        assert!(matches!(
+            refused("/root/.local"),
+            Some(JailError::PrefixExposes {
+                what: "the node's data folder",
+                ..
+            })
+        ));
+        assert!(matches!(
+            refused("/home/alice"),
+            Some(JailError::PrefixExposes {
+                what: "a home folder",
+                ..
+            })
+        ));
+        for prefix in [
+            "/root/.pyenv/versions/3.11.7",
+            "/root/.local/share/airlock/python",
+            "/home/alice/venv",
+            "/opt/python3.12",
+        ] {
+            assert!(refused(prefix).is_none(), "{prefix} was refused");
+        }
+    }
+
+    #[test]
+    fn the_interpreter_reports_its_own_prefixes() {
+        let python = PathBuf::from("/usr/bin/python3");
+        if !python.exists() {
+            eprintln!("skipped: no /usr/bin/python3");
+            return;
+        }
+        let prefixes = interpreter_prefixes(&python).unwrap();
+        assert_eq!(prefixes.len(), 4, "{prefixes:?}");
+        assert!(
+            prefixes.iter().all(|p| p.starts_with("/usr")),
+            "{prefixes:?}"
+        );
+        assert!(
+            bound_prefixes(&python, &[]).unwrap().is_empty(),
+            "under /usr: bound anyway"
+        );
+    }
+
+    #[test]
+    fn every_rlimit_is_set() {
+        let limits = TierLimits::default();
+        let set = rlimits(&limits);
+        // Linux has 16 resources (`RLIM_NLIMITS`), numbered from 0.
+        let mut resources: Vec<u32> = set.iter().map(|&(resource, _, _)| resource).collect();
+        resources.sort_unstable();
+        assert_eq!(resources, (0..16).collect::<Vec<u32>>());
+        let get = |wanted| {
+            set.iter()
+                .find(|&&(r, _, _)| r == wanted)
+                .map(|&(_, s, h)| (s, h))
+        };
+        for zero in [libc::RLIMIT_CORE, libc::RLIMIT_NICE, libc::RLIMIT_RTPRIO] {
+            assert_eq!(get(zero), Some((0, 0)));
+        }
+        assert_eq!(get(libc::RLIMIT_MEMLOCK), Some((64 << 10, 64 << 10)));
+        assert_ne!(get(libc::RLIMIT_STACK).unwrap().1, libc::RLIM_INFINITY);
+        assert!(oom_score_adj() >= KERNEL_OOM_SCORE_ADJ);
+    }
+
+    #[test]
+    fn submounts_are_found_for_the_remount_fallback() {
+        let mounts = [
+            (PathBuf::from("/usr"), 0),
+            (PathBuf::from("/usr/lib/modules"), libc::MS_NOEXEC),
+            (PathBuf::from("/usrlocal"), 0),
+            (PathBuf::from("/var"), 0),
+        ];
+        assert_eq!(
+            submounts_of(Path::new("/usr"), &mounts),
+            [(PathBuf::from("/usr/lib/modules"), libc::MS_NOEXEC)]
+        );
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+    }
+
+    /// A bound tree is read-only down to its submounts, and the folders made on the way to it
+    /// are 0711. Runs the real steps in a forked child with a mount namespace of its own, so
+    /// nothing is mounted on the host. Needs root.
+    #[test]
+    fn a_bound_tree_is_read_only_down_to_its_submounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let host = tempfile::tempdir().unwrap();
+        let tree = host.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        let staging = host.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let mut layout = Layout::new(&staging);
+        layout.bind(&tree).unwrap();
+        // Everything the child touches is made before the fork: it must not allocate.
+        let sub = cstring(&tree.join("sub")).unwrap();
+        let staging_c = cstring(&staging).unwrap();
+        let top_file = cstring(&layout.at(&tree.join("top"))).unwrap();
+        let sub_file = cstring(&layout.at(&tree.join("sub/file"))).unwrap();
+        let passage = cstring(&layout.at(host.path())).unwrap();
+        // SAFETY: the child runs only raw system calls on values made above, then `_exit`s.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            // SAFETY: as above; every path is a NUL-terminated `CString`.
+            unsafe {
+                let tmpfs = c"tmpfs".as_ptr();
+                let fail = |code: i32| -> ! { libc::_exit(code) };
+                if libc::unshare(libc::CLONE_NEWNS) == -1
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == -1
+                    || libc::mount(tmpfs, sub.as_ptr(), tmpfs, 0, std::ptr::null()) == -1
+                    || libc::mount(tmpfs, staging_c.as_ptr(), tmpfs, 0, std::ptr::null()) == -1
+                {
+                    fail(10);
+                }
+                for step in &layout.steps {
+                    if child::run_step(step).is_err() {
+                        fail(11);
+                    }
+                }
+                for (code, path) in [(12, &top_file), (13, &sub_file)] {
+                    let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+                    if fd != -1 || *libc::__errno_location() != libc::EROFS {
+                        fail(code);
+                    }
+                }
+                let mut stat: libc::stat = std::mem::zeroed();
+                if libc::stat(passage.as_ptr(), &mut stat) == -1 || stat.st_mode & 0o777 != 0o711 {
+                    fail(14);
+                }
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status), "{status}");
+        let code = libc::WEXITSTATUS(status);
+        let what = match code {
+            0 => "",
+            10 => "the test's own mounts failed",
+            11 => "a step failed",
+            12 => "the bound tree is writable",
+            13 => "the submount of the bound tree is writable",
+            14 => "the folder on the way is not 0711",
+            _ => "?",
+        };
+        assert_eq!(code, 0, "{what}");
     }
 
     #[test]
@@ -596,7 +960,7 @@ mod tests {
             .steps
             .iter()
             .map(|step| match step {
-                Step::Mkdir(path) => path.to_str().unwrap().to_owned(),
+                Step::Mkdir(path, 0o711) => path.to_str().unwrap().to_owned(),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -612,5 +976,6 @@ mod tests {
         assert!(!filters.allow_list.is_empty());
         assert!(filters.allow_list.len() < usize::from(u16::MAX));
         assert!(!filters.clone3.is_empty());
+        assert!(!filters.unknown.is_empty());
     }
 }

@@ -5,7 +5,9 @@
 //! filters with `errno` actions, and the memory, pids and cpu cgroup controllers (cgroup v2, or
 //! as a fallback the same three controllers on cgroup v1 hierarchies, as on hosts that still
 //! mount v1). Optional: landlock (its absence is a warning; the mount layout already makes
-//! everything outside the writable folders read-only).
+//! everything outside the writable folders read-only). Warned about: a `core_pattern` that pipes
+//! core dumps to a helper, which Linux feeds a crashing kernel's memory whatever its
+//! `RLIMIT_CORE` (the jail sets 0) says.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,8 @@ pub fn preflight() -> Result<HostSupport, PreflightError> {
             "landlock is not enabled in this kernel (add `landlock` to the `lsm=` boot parameter); the kernel's writes are still confined by the read-only mounts".to_owned(),
         );
     }
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    warnings.extend(core_pattern_warning(&core_pattern));
     match cgroup {
         Some(cgroup) if missing.is_empty() => Ok(HostSupport {
             cgroup,
@@ -125,6 +129,17 @@ pub fn preflight() -> Result<HostSupport, PreflightError> {
         }),
         _ => Err(PreflightError { missing }),
     }
+}
+
+/// The warning for a `kernel.core_pattern` that starts with `|`: Linux ignores `RLIMIT_CORE`
+/// for pipes ("core limits are irrelevant to pipes"), so a crash inside the jail streams the
+/// process's memory to that helper, which runs as root outside the jail.
+fn core_pattern_warning(pattern: &str) -> Option<String> {
+    let helper = pattern.trim().strip_prefix('|')?;
+    let program = helper.split_whitespace().next().unwrap_or(helper);
+    Some(format!(
+        "kernel.core_pattern pipes core dumps to {program}: a kernel that crashes sends its memory to that helper outside the jail, whatever RLIMIT_CORE says (most helpers, apport and systemd-coredump among them, then honour the jail's RLIMIT_CORE=0 and drop it); to keep kernels' memory off the host entirely, set `sysctl -w kernel.core_pattern=core` (dumps then stay inside the jail, where RLIMIT_CORE=0 stops them)"
+    ))
 }
 
 fn read_number(path: &str) -> Option<i64> {
@@ -335,4 +350,23 @@ fn writable(path: &Path) -> bool {
                         .get(5)
                         .is_some_and(|o| o.split(',').any(|o| o == "ro"))
             })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_piped_core_pattern_is_warned_about() {
+        let warning =
+            core_pattern_warning("|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h\n")
+                .unwrap();
+        assert!(
+            warning.contains("/usr/lib/systemd/systemd-coredump:"),
+            "{warning}"
+        );
+        assert!(warning.contains("kernel.core_pattern=core"), "{warning}");
+        assert_eq!(core_pattern_warning("core\n"), None);
+        assert_eq!(core_pattern_warning("/var/crash/core.%p"), None);
+    }
 }

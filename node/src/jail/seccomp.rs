@@ -4,20 +4,34 @@
 //! Everything not allowed fails with `EPERM`, so Python raises `OSError` instead of dying. The
 //! list is every x86-64 system call except those that administer the machine or cross a
 //! boundary: mounting, namespaces, tracing other processes, modules, BPF, perf, userfaultfd,
-//! keyrings, file handles, swap, reboot, root changes, clock setting, io_uring, the new mount API.
-//! A few are allowed only with safe arguments: `socket` (Unix, TCP, UDP, netlink-route; never
-//! `AF_PACKET` or `SOCK_RAW` on IP), `clone` (no namespace flags), `mknod`/`mknodat` (FIFOs,
+//! keyrings, file handles, swap, reboot, root changes, clock setting, io_uring, the new mount API;
+//! and those that are risky for little use: `modify_ldt` and `memfd_secret` (kernel attack
+//! surface), legacy AIO (`io_setup` and friends charge the host-wide `fs.aio-max-nr`), the NUMA
+//! policy calls (`mbind`, `set_mempolicy`, `migrate_pages`, `move_pages`), `sysfs` and `ustat`.
+//! A few are allowed only with safe arguments: `socket` (Unix; TCP and UDP on IPv4 and IPv6,
+//! with protocol 0 or exactly TCP or UDP, so no SCTP, UDP-Lite, MPTCP or ping sockets;
+//! netlink-route; never `AF_PACKET` or `SOCK_RAW` on IP), `socketpair` (Unix only: any other
+//! family would reach its `create` function and module autoload first), `personality` (only the
+//! default persona and the query), `clone` (no namespace flags), `mknod`/`mknodat` (FIFOs,
 //! sockets and regular files; never devices), `ioctl` (never `TIOCSTI`/`TIOCLINUX`, which push
-//! input into a terminal). System calls added to Linux after this list are denied by default.
+//! input into a terminal).
 //!
-//! `clone3` passes its flags in memory, which seccomp cannot read, so a second filter answers it
-//! with `ENOSYS`: the C library then falls back to `clone`, whose flags the first filter checks.
+//! Two small filters answer `ENOSYS` instead, which C libraries read as "this kernel does not
+//! have it" and fall back from:
+//! - `clone3` passes its flags in memory, which seccomp cannot read; the C library then falls
+//!   back to `clone`, whose flags the allow-list checks;
+//! - system calls numbered above [`HIGHEST_REVIEWED`], added to Linux after this list was
+//!   written: denied, but as unknown rather than forbidden (`EPERM` would break `ENOSYS`
+//!   fallbacks).
+//!
+//! A system call that matches several filters gets the answer of the one installed last among
+//! those that deny it, so the `ENOSYS` filters are installed after the allow-list.
 
 use std::collections::BTreeMap;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 
 use super::JailError;
@@ -69,6 +83,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_fchdir,
     libc::SYS_fchmod,
     libc::SYS_fchmodat,
+    libc::SYS_fchmodat2,
     libc::SYS_fchown,
     libc::SYS_fchownat,
     libc::SYS_fcntl,
@@ -86,7 +101,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_futex,
     libc::SYS_futex_waitv,
     libc::SYS_futimesat,
-    libc::SYS_get_mempolicy,
     libc::SYS_get_robust_list,
     libc::SYS_get_thread_area,
     libc::SYS_getcpu,
@@ -120,11 +134,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_inotify_init,
     libc::SYS_inotify_init1,
     libc::SYS_inotify_rm_watch,
-    libc::SYS_io_cancel,
-    libc::SYS_io_destroy,
-    libc::SYS_io_getevents,
-    libc::SYS_io_setup,
-    libc::SYS_io_submit,
     libc::SYS_ioprio_get,
     libc::SYS_ioprio_set,
     libc::SYS_kill,
@@ -143,11 +152,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_lsetxattr,
     libc::SYS_lstat,
     libc::SYS_madvise,
-    libc::SYS_mbind,
     libc::SYS_membarrier,
     libc::SYS_memfd_create,
-    libc::SYS_memfd_secret,
-    libc::SYS_migrate_pages,
     libc::SYS_mincore,
     libc::SYS_mkdir,
     libc::SYS_mkdirat,
@@ -155,8 +161,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_mlock2,
     libc::SYS_mlockall,
     libc::SYS_mmap,
-    libc::SYS_modify_ldt,
-    libc::SYS_move_pages,
     libc::SYS_mprotect,
     libc::SYS_mq_getsetattr,
     libc::SYS_mq_notify,
@@ -179,7 +183,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_openat,
     libc::SYS_openat2,
     libc::SYS_pause,
-    libc::SYS_personality,
     libc::SYS_pidfd_open,
     libc::SYS_pidfd_send_signal,
     libc::SYS_pipe,
@@ -245,8 +248,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sendmmsg,
     libc::SYS_sendmsg,
     libc::SYS_sendto,
-    libc::SYS_set_mempolicy,
-    libc::SYS_set_mempolicy_home_node,
     libc::SYS_set_robust_list,
     libc::SYS_set_thread_area,
     libc::SYS_set_tid_address,
@@ -274,7 +275,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sigaltstack,
     libc::SYS_signalfd,
     libc::SYS_signalfd4,
-    libc::SYS_socketpair,
     libc::SYS_splice,
     libc::SYS_stat,
     libc::SYS_statfs,
@@ -284,7 +284,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sync,
     libc::SYS_sync_file_range,
     libc::SYS_syncfs,
-    libc::SYS_sysfs,
     libc::SYS_sysinfo,
     libc::SYS_tee,
     libc::SYS_tgkill,
@@ -304,7 +303,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_uname,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_ustat,
     libc::SYS_utime,
     libc::SYS_utimensat,
     libc::SYS_utimes,
@@ -328,16 +326,35 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 /// `NETLINK_ROUTE`, which the C library uses to list addresses in `getaddrinfo`.
 const NETLINK_ROUTE: u64 = 0;
 
-/// The two compiled filters, in the order they must be installed.
+/// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC` (`SOCK_TYPE_MASK` in the kernel).
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// `personality(0xffffffff)` only reads the current persona.
+const PERSONALITY_QUERY: u64 = 0xffff_ffff;
+
+/// The highest system call number this list was reviewed against (`mseal`, Linux 6.10, on
+/// x86-64). Numbers above it are newer than the list and answer `ENOSYS`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const HIGHEST_REVIEWED: u32 = libc::SYS_mseal as u32;
+#[cfg(target_arch = "aarch64")]
+pub(crate) const HIGHEST_REVIEWED: u32 = 462;
+
+/// `__X32_SYSCALL_BIT`: x32 system calls are numbered from here. They are no "newer" calls, so
+/// the allow-list's `EPERM` answers them.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// The filters, in the order they must be installed.
 #[derive(Debug)]
 pub(crate) struct Filters {
     /// The allow-list; everything else is `EPERM`.
     pub(crate) allow_list: BpfProgram,
-    /// `clone3` → `ENOSYS`; installed last so its answer wins over the allow-list's `EPERM`.
+    /// `clone3` → `ENOSYS`; installed after the allow-list so its answer wins over `EPERM`.
     pub(crate) clone3: BpfProgram,
+    /// Numbers above [`HIGHEST_REVIEWED`] → `ENOSYS`; installed after the allow-list too.
+    pub(crate) unknown: BpfProgram,
 }
 
-/// Compiles both filters for the machine's architecture.
+/// Compiles the filters for the machine's architecture.
 pub(crate) fn compile() -> Result<Filters, JailError> {
     let arch = target_arch();
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -345,8 +362,18 @@ pub(crate) fn compile() -> Result<Filters, JailError> {
 
     let mut socket = vec![rule([eq(0, libc::AF_UNIX as u64)])?];
     for domain in [libc::AF_INET, libc::AF_INET6] {
-        for kind in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
-            socket.push(rule([eq(0, domain as u64), masked(1, 0xf, kind as u64)])?);
+        for (kind, protocol) in [
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        ] {
+            // Protocol 0 is the family's default for the type: TCP or UDP.
+            for protocol in [0, protocol] {
+                socket.push(rule([
+                    eq(0, domain as u64),
+                    masked(1, SOCK_TYPE_MASK, kind as u64),
+                    eq(2, protocol as u64),
+                ])?);
+            }
         }
     }
     socket.push(rule([
@@ -354,6 +381,14 @@ pub(crate) fn compile() -> Result<Filters, JailError> {
         eq(2, NETLINK_ROUTE),
     ])?);
     rules.insert(libc::SYS_socket, socket);
+    rules.insert(
+        libc::SYS_socketpair,
+        vec![rule([eq(0, libc::AF_UNIX as u64)])?],
+    );
+    rules.insert(
+        libc::SYS_personality,
+        vec![rule([eq(0, 0)])?, rule([eq(0, PERSONALITY_QUERY)])?],
+    );
 
     rules.insert(
         libc::SYS_clone,
@@ -402,8 +437,57 @@ pub(crate) fn compile() -> Result<Filters, JailError> {
         arch,
     )?
     .try_into()?;
-    Ok(Filters { allow_list, clone3 })
+    Ok(Filters {
+        allow_list,
+        clone3,
+        unknown: unknown_syscalls(),
+    })
 }
+
+/// A filter that answers `ENOSYS` to every number above [`HIGHEST_REVIEWED`] (x32 numbers
+/// excepted) and lets everything else through to the allow-list. seccompiler matches single
+/// numbers only, so this one is written in classic BPF by hand; a foreign architecture passes
+/// here and is killed by the allow-list's architecture check.
+fn unknown_syscalls() -> BpfProgram {
+    const ARCH_OFFSET: u32 = 4; // `seccomp_data.arch`
+    const NR_OFFSET: u32 = 0; // `seccomp_data.nr`
+    let load = |offset| statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
+    let jump = |op, k, jt, jf| sock_filter {
+        code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![
+        load(ARCH_OFFSET),
+        // Another architecture: on to the allow (the last instruction).
+        jump(libc::BPF_JEQ, AUDIT_ARCH, 0, 4),
+        load(NR_OFFSET),
+        // An x32 number: allow here.
+        jump(libc::BPF_JGE, X32_SYSCALL_BIT, 2, 0),
+        jump(libc::BPF_JGT, HIGHEST_REVIEWED, 0, 1),
+        statement(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+fn statement(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// `AUDIT_ARCH_*` of the architecture the filters are written for (`linux/audit.h`).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
 
 fn rule<const N: usize>(
     conditions: [Result<SeccompCondition, seccompiler::BackendError>; N],

@@ -8,7 +8,7 @@
 
 use std::fs::Permissions;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::KernelError;
-use crate::jail::KernelJail;
+use crate::jail::{KernelJail, SOCKET_FOLDER};
 
 /// Longest path a Unix socket address can hold on Linux (`sun_path` is 108 bytes with a NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -36,8 +36,10 @@ const STDIN: u16 = 3;
 const CONTROL: u16 = 4;
 const HEARTBEAT: u16 = 5;
 
-/// A kernel's private runtime folder (mode 0700) holding its connection file and IPC sockets.
-/// Removed on [`remove`](Self::remove) or drop.
+/// A kernel's private runtime folder (mode 0700, the node's): its connection file, and the
+/// `sockets` folder where the kernel binds its IPC sockets. A jail swaps that folder for a small
+/// tmpfs of the kernel's own (`crate::jail`), so a jailed kernel writes nothing to the folder's
+/// filesystem. Removed on [`remove`](Self::remove) or drop.
 #[derive(Debug)]
 pub(crate) struct RuntimeFolder {
     dir: tempfile::TempDir,
@@ -59,7 +61,12 @@ impl RuntimeFolder {
             .permissions(Permissions::from_mode(0o700))
             .tempdir_in(parent)
             .map_err(folder_error)?;
-        let prefix = dir.path().join("k");
+        let sockets = dir.path().join(SOCKET_FOLDER);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&sockets)
+            .map_err(folder_error)?;
+        let prefix = sockets.join("k");
         let Some(ip) = prefix.to_str() else {
             return Err(KernelError::RuntimeDirNotUtf8 {
                 dir: parent.to_owned(),
@@ -156,12 +163,17 @@ pub(crate) fn kernel_command(python: &Path, connection_file: &Path) -> Command {
 }
 
 /// Spawns the kernel. The only place a kernel process is created: `command` is
-/// [`kernel_command`], wrapped by `jail` when there is one. The process leads its own process
-/// group, so an interrupt or kill reaches whatever the kernel started too, and is killed (and its
-/// jail removed) if the handle is dropped.
+/// [`kernel_command`], wrapped by `jail` when there is one. The process leads its own session
+/// and process group: an interrupt or kill reaches whatever the kernel started too, and no
+/// terminal the node was started from is the kernel's controlling terminal. It is killed (and
+/// its jail removed) if the handle is dropped.
 pub(crate) fn spawn(mut command: Command, jail: Option<KernelJail>) -> io::Result<KernelProcess> {
+    if jail.is_none() {
+        // A jail's supervisor starts its session itself, first thing (`crate::jail`): its
+        // pre-exec step runs before this one would, and forks the kernel.
+        crate::jail::own_session(&mut command);
+    }
     command
-        .process_group(0)
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -315,7 +327,7 @@ mod tests {
         assert_eq!(written.key.len(), 64);
         assert_eq!(
             folder.connection().shell_url(),
-            format!("ipc://{}-1", folder.dir.path().join("k").display())
+            format!("ipc://{}-1", folder.dir.path().join("sockets/k").display())
         );
         let other = RuntimeFolder::create(parent.path()).unwrap();
         assert_ne!(other.connection().key, folder.connection().key);
