@@ -115,6 +115,7 @@ async fn connections_past_the_cap_are_reset_and_said_once() {
                 stream.set_nonblocking(true).unwrap();
                 match (&stream).read(&mut [0u8; 1]) {
                     Err(error) => error.kind(),
+                    Ok(0) => ErrorKind::UnexpectedEof,
                     Ok(_) => ErrorKind::Other,
                 }
             })
