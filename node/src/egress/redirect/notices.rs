@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::egress::names::TokenBucket;
 
-/// Lines shown at once before the rate applies.
-pub(crate) const NOTICE_BURST: u32 = 5;
+/// Lines shown at once before the rate applies (a notebook meeting several refusals in a
+/// minute still sees each: the end-to-end test meets six).
+pub(crate) const NOTICE_BURST: u32 = 10;
 /// One more line may be shown per this much time.
 pub(crate) const NOTICE_EVERY: Duration = Duration::from_secs(60);
 /// A line identical to one shown this recently is dropped without counting.
@@ -140,7 +141,10 @@ mod tests {
         assert_eq!(shown.len(), NOTICE_BURST as usize);
         assert_eq!(timers.len(), 1, "one timer for the pending summary");
         let at = timers[0];
-        assert_eq!(at, start + Duration::from_millis(5) + SUMMARY_AFTER);
+        assert_eq!(
+            at,
+            start + Duration::from_millis(NOTICE_BURST as u64) + SUMMARY_AFTER
+        );
         assert_eq!(
             gate.flush(at - Duration::from_millis(1)),
             None,
@@ -192,7 +196,7 @@ mod tests {
                 .unwrap();
             lines += 1;
         }
-        assert!(lines <= 30, "{lines} lines for a ten-minute flood");
+        assert!(lines <= 40, "{lines} lines for a ten-minute flood");
         assert_eq!(
             shown + counted,
             total as u64,
