@@ -152,7 +152,7 @@ mod tests {
         );
         let summary = gate.flush(at).unwrap();
         assert!(
-            summary.starts_with("[airlock egress] 995 more refused"),
+            summary.starts_with("[airlock egress] 990 more refused"),
             "{summary}"
         );
         assert_eq!(gate.flush(at + SUMMARY_EVERY), None, "nothing more to say");
