@@ -23,13 +23,14 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   fi
 fi
 
-# Kernels' egress: the node builds each kernel's network namespace with `ip` and `nft`.
-if ! command -v nft >/dev/null || ! command -v ip >/dev/null; then
-  say "Installing iproute2 and nftables (apt) for the kernels' egress"
+# The node builds kernels' network namespaces over netlink and needs no program for it; the
+# egress end-to-end test's small internet (tests/support_netns) is made with `ip netns`.
+if ! command -v ip >/dev/null; then
+  say "Installing iproute2 (apt) for the egress test's network namespaces"
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
   else
-    echo "warning: ip or nft is missing and cannot be installed here; the egress tests will say they skip" >&2
+    echo "warning: ip is missing and cannot be installed here; the egress end-to-end test will say it skips" >&2
   fi
 fi
 

@@ -71,10 +71,22 @@ pub fn cannot_run() -> Option<String> {
         }
         Err(err) => return Some(format!("no `ip` (iproute2): {err}")),
     }
-    if Command::new("nft").arg("--version").output().is_err() {
-        return Some("no `nft` binary: the node's jail redirect needs nftables".into());
+    // The node builds its kernels' namespaces over netlink (no `nft` or `ip` program): what
+    // it needs is Linux's nf_tables, which this answers by building one.
+    if let Some(missing) = airlock_node::egress::netns::missing_support() {
+        return Some(format!("the node's jail redirect needs {missing}"));
     }
     None
+}
+
+/// `PATH` without any directory that holds `ip` or `nft`: the nodes run with it, to show they
+/// need neither program.
+pub fn path_without_ip_and_nft() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|dir| !dir.join("ip").exists() && !dir.join("nft").exists())
+        .collect();
+    std::env::join_paths(kept).unwrap()
 }
 
 /// Runs `ip args…`, panicking with its stderr when it fails.
@@ -748,6 +760,7 @@ impl NodeProcess {
             .arg("--egress-key")
             .arg(&world.certs.node_key)
             .args(["--tenant", tenant])
+            .env("PATH", path_without_ip_and_nft())
             .env("AIRLOCK_LOG", "info");
         let daemon = Daemon::spawn(
             &format!("airlock node ({tenant})"),

@@ -3,11 +3,13 @@
 //!
 //! Only what a Python kernel needs to connect by name is answered: one `A` or `AAAA` question
 //! of class `IN` per query. An `A` question gets the name's synthetic address
-//! ([`super::names`]) when the gateway says the name exists; `AAAA` gets an empty answer for a
-//! name that exists (flows leave over IPv4 synthetic addresses; the gateway still reaches IPv6
-//! destinations), `NXDOMAIN` for a name that does not. Any other question is answered
-//! `NOTIMP`, and bytes that are not a DNS query at all are answered `FORMERR` when they carry
-//! an id to answer to, else dropped.
+//! ([`super::names`]) when the gateway says the name may be reached; `AAAA` gets an empty
+//! answer for such a name (flows leave over IPv4 synthetic addresses; the gateway still
+//! reaches IPv6 destinations). A name that does not exist, or that the gateway denies, gets
+//! `NXDOMAIN` (the denial's reason goes into the cell); `SERVFAIL` means "not now": the gateway
+//! could not be asked, or the kernel spent its budget of new names. Any other question is
+//! answered `NOTIMP`, and bytes that are not a DNS query at all are answered `FORMERR` when
+//! they carry an id to answer to, else dropped.
 
 use std::net::Ipv4Addr;
 
@@ -48,9 +50,10 @@ pub(crate) enum Incoming {
 pub(crate) enum Verdict {
     /// The name exists; this is its synthetic address.
     Exists(Ipv4Addr),
-    /// The name does not exist.
+    /// The name does not exist, or is denied.
     Missing,
-    /// The gateway could not be asked, or could not resolve: try again later.
+    /// The gateway could not be asked, or could not resolve, or the kernel asked about too
+    /// many new names: try again later.
     Failed,
 }
 

@@ -1,23 +1,24 @@
 //! A kernel's network namespace, made by the node before the kernel starts.
 //!
 //! The node creates the namespace on a short-lived thread (`unshare(CLONE_NEWNET)` changes only
-//! that thread), configures it with `ip` and `nft` run from that thread (children inherit its
-//! namespace), and binds its own sockets inside it before the thread ends: sockets keep the
-//! namespace they were made in. The kernel then enters the namespace with `setns` (see
-//! `jail::child`). What the namespace holds:
+//! that thread), configures it over netlink sockets opened on that thread (a socket belongs to
+//! the namespace it was made in), and binds its own sockets inside it before the thread ends.
+//! The kernel then enters the namespace with `setns` (see `jail::child`). No program is run:
+//! a fresh machine without iproute2 or nftables installed gets the same namespace. What the
+//! namespace holds:
 //!
-//! - `lo`, up; and `airlock0`, one end of a veth pair whose other end (`airlock1`) is in the
-//!   same namespace, carrying the default route, so that a connect to any IPv4 address gets as
-//!   far as netfilter instead of failing with "network unreachable". Nothing sent to
-//!   `airlock0` goes anywhere. (A veth rather than a `dummy` device: kernels built without the
-//!   dummy driver are common on cloud VMs; veth is there wherever containers run.)
-//! - nftables (`table inet airlock`): every TCP connection to a non-loopback address is
-//!   redirected to the node's listener on port [`REDIRECT_PORT`]; then every packet not
-//!   addressed to the namespace itself (`127.0.0.0/8` — where redirected connections now go —
-//!   and `airlock0`'s address, where the node's answers go) is dropped, so UDP (except the
-//!   node's DNS on `127.0.0.1:53`), ICMP and IPv6 fail at once with "operation not permitted".
-//!   (The filter matches addresses, not `oifname "lo"`: the output interface netfilter reports
-//!   is the one routed before the redirect.)
+//! - `lo`, up (with `127.0.0.1` and, where IPv6 is on, `::1`); and `airlock0`, one end of a veth
+//!   pair whose other end (`airlock1`) is in the same namespace, carrying the default route, so
+//!   that a connect to any IPv4 address gets as far as netfilter instead of failing with
+//!   "network unreachable". Nothing sent to `airlock0` goes anywhere. (A veth rather than a
+//!   `dummy` device: kernels built without the dummy driver are common on cloud VMs; veth is
+//!   there wherever containers run.) See [`links`].
+//! - nftables (`table inet airlock`, see [`rules`]): every IPv4 TCP connection to a
+//!   non-loopback address is redirected to the node's listener on port [`REDIRECT_PORT`]; then
+//!   every packet not addressed to the namespace itself (`127.0.0.0/8` — where redirected
+//!   connections now go —, `airlock0`'s address, where the node's answers go, and `::1`) is
+//!   dropped, so UDP (except the node's DNS on `127.0.0.1:53`), ICMP and IPv6 other than
+//!   loopback fail at once. IPv6 is never redirected: the node's listener is IPv4 only.
 //! - the node's sockets: a TCP listener on `0.0.0.0:REDIRECT_PORT` (the redirect target; the
 //!   original destination comes from conntrack, `SO_ORIGINAL_DST`) and a UDP socket on
 //!   `127.0.0.1:53`, the jail's `/etc/resolv.conf` name server.
@@ -25,38 +26,95 @@
 //! The kernel cannot change any of this: the namespace belongs to the host's user namespace,
 //! and the kernel holds no capability there. When the kernel dies and the node drops its
 //! sockets and the namespace handle, the namespace is gone.
+//!
+//! # Why these crates
+//!
+//! Links, addresses and routes are `netlink-packet-route` messages; the firewall is
+//! `netlink-packet-netfilter`'s nf_tables messages, sent as one transaction (batch). Both are
+//! the rust-netlink project's pure-Rust message crates (MIT, the family under `rtnetlink`), so
+//! one small blocking request/acknowledge loop ([`netlink`], over `netlink-sys`) drives both
+//! on the set-up thread, with no async runtime and no C library. Not chosen: `rtnetlink`
+//! (async only: it would need a runtime on a thread that lives for a millisecond), `rustables`
+//! (GPL-3.0, incompatible with Airlock's Apache-2.0), `nftnl` (binds the C libnftnl), and
+//! `neli` (its nf_tables support is bare attributes, the messages would be hand-built anyway).
 
-use std::io::Write;
+mod links;
+mod netlink;
+mod rules;
+
 use std::os::fd::OwnedFd;
-use std::process::{Command, Stdio};
 
 /// Where the node listens, inside the namespace, for redirected connections.
 pub(crate) const REDIRECT_PORT: u16 = 15001;
 
-/// Interfaces, addresses and routes (`ip -batch`).
-const LINKS: &str = "\
-link set lo up
-link add airlock0 type veth peer name airlock1
-link set airlock1 up
-link set airlock0 up
-addr add 10.255.255.1/32 dev airlock0
-route add default dev airlock0
-";
+/// The address of `airlock0`, where the node's answers to redirected connections come from.
+const VETH_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 255, 255, 1);
 
-/// The firewall (`nft -f`).
-const RULES: &str = "\
-table inet airlock {
-  chain to_node {
-    type nat hook output priority -100; policy accept;
-    ip daddr 127.0.0.0/8 return
-    meta l4proto tcp redirect to :15001
-  }
-  chain only_lo {
-    type filter hook output priority filter; policy drop;
-    ip daddr { 127.0.0.0/8, 10.255.255.1 } accept
-  }
+/// One thing the node asks Linux for while it builds a namespace; said in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    LoopbackUp,
+    CreateVeth,
+    VethUp,
+    VethAddress,
+    DefaultRoute,
+    Table,
+    NatChain,
+    FilterChain,
+    Rule(&'static str),
+    /// The nf_tables transaction's begin or end marker.
+    Batch,
 }
-";
+
+impl Step {
+    /// The Linux feature a step needs, named as its kernel option.
+    fn feature(self) -> &'static str {
+        match self {
+            Step::LoopbackUp | Step::VethUp | Step::VethAddress | Step::DefaultRoute => {
+                "IPv4 networking"
+            }
+            Step::CreateVeth => "veth devices (CONFIG_VETH)",
+            Step::Table | Step::Batch => "nf_tables with inet tables (CONFIG_NF_TABLES_INET)",
+            Step::NatChain => "nf_tables NAT chains (CONFIG_NFT_NAT)",
+            Step::FilterChain => "nf_tables filter chains (CONFIG_NF_TABLES)",
+            Step::Rule("redirect") => "the nf_tables redirect expression (CONFIG_NFT_REDIR)",
+            Step::Rule(_) => "nf_tables payload and meta matching (CONFIG_NF_TABLES)",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::LoopbackUp => f.write_str("bring `lo` up"),
+            Step::CreateVeth => f.write_str("create the veth pair airlock0/airlock1"),
+            Step::VethUp => f.write_str("bring the veth pair airlock0/airlock1 up"),
+            Step::VethAddress => write!(f, "give airlock0 the address {VETH_ADDRESS}/32"),
+            Step::DefaultRoute => f.write_str("add the default route through airlock0"),
+            Step::Table => f.write_str("add the nftables table `inet airlock`"),
+            Step::NatChain => f.write_str("add the nftables NAT chain `to_node`"),
+            Step::FilterChain => f.write_str("add the nftables filter chain `only_lo`"),
+            Step::Rule(rule) => write!(f, "add the nftables rule `{rule}`"),
+            Step::Batch => f.write_str("open an nftables transaction"),
+        }
+    }
+}
+
+/// What an errno from a refused step means for the operator.
+fn hint(step: Step, error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => {
+            "; the node needs root (CAP_NET_ADMIN) to build kernels' networks".to_owned()
+        }
+        Some(
+            nix::libc::EOPNOTSUPP
+            | nix::libc::EAFNOSUPPORT
+            | nix::libc::EPROTONOSUPPORT
+            | nix::libc::ENOENT,
+        ) => format!("; this Linux lacks {}", step.feature()),
+        _ => String::new(),
+    }
+}
 
 /// Why the namespace could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -64,18 +122,23 @@ pub enum NetworkError {
     #[error("could not create the kernel's network namespace: {0} (needs root, CAP_SYS_ADMIN)")]
     Unshare(#[source] nix::Error),
     #[error(
-        "could not run `{program}` to set up the kernel's network: {source}; egress needs \
-         iproute2 and nftables (apt-get install iproute2 nftables)"
+        "could not open a {family} netlink socket to set up the kernel's network: {source}{}",
+        if *.family == "netfilter" {
+            "; this Linux lacks nf_tables (CONFIG_NETFILTER_NETLINK, CONFIG_NF_TABLES)"
+        } else {
+            ""
+        }
     )]
-    Spawn {
-        program: &'static str,
+    Netlink {
+        family: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("`{program}` refused the kernel's network set-up: {stderr}")]
+    #[error("Linux refused to {step} in the kernel's network: {source}{}", hint(*.step, .source))]
     Refused {
-        program: &'static str,
-        stderr: String,
+        step: Step,
+        #[source]
+        source: std::io::Error,
     },
     #[error("could not open the node's {what} socket in the kernel's network: {source}")]
     Socket {
@@ -99,8 +162,8 @@ pub struct JailNetwork {
 }
 
 impl JailNetwork {
-    /// Makes and configures a fresh namespace. Blocks for the few milliseconds `ip` and `nft`
-    /// take.
+    /// Makes and configures a fresh namespace. Blocks for the millisecond or so the netlink
+    /// exchanges take.
     pub fn create() -> Result<JailNetwork, NetworkError> {
         std::thread::spawn(build)
             .join()
@@ -116,8 +179,8 @@ fn build() -> Result<JailNetwork, NetworkError> {
             source,
         })?
         .into();
-    run("ip", &["-batch", "-"], LINKS)?;
-    run("nft", &["-f", "-"], RULES)?;
+    links::configure()?;
+    rules::install()?;
     let socket_error = |what| move |source| NetworkError::Socket { what, source };
     let redirect = std::net::TcpListener::bind(("0.0.0.0", REDIRECT_PORT))
         .map_err(socket_error("redirect"))?;
@@ -133,48 +196,21 @@ fn build() -> Result<JailNetwork, NetworkError> {
     })
 }
 
-/// Runs `program` with `input` on its standard input, in this thread's namespaces.
-fn run(program: &'static str, args: &[&str], input: &str) -> Result<(), NetworkError> {
-    let spawn_error = |source| NetworkError::Spawn { program, source };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(spawn_error)?;
-    }
-    let output = child.wait_with_output().map_err(spawn_error)?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Refused {
-            program,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
+/// What this host lacks for kernels to have a network through the gateway, if anything: builds
+/// one namespace and throws it away, so the answer names the very step that fails (not root,
+/// no nf_tables, no NAT or redirect support, no veth driver).
+/// Worded to follow "needs" or "lacks".
+pub fn missing_support() -> Option<String> {
+    JailNetwork::create()
+        .err()
+        .map(|error| format!("network namespaces the node can configure ({error})"))
 }
 
-/// What is missing on this host for kernels to have a network through the gateway, if anything.
+/// The name callers knew [`missing_support`] by, when the node ran `ip` and `nft`: it no longer
+/// looks for any program.
 pub fn missing_tools() -> Option<String> {
-    let missing: Vec<&str> = ["ip", "nft"]
-        .into_iter()
-        .filter(|program| {
-            Command::new(program)
-                .arg("-V")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_err()
-        })
-        .collect();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "the {} command{} (apt-get install iproute2 nftables)",
-            missing.join(" and "),
-            if missing.len() > 1 { "s" } else { "" }
-        )
-    })
+    missing_support()
 }
+
+#[cfg(test)]
+mod tests;
