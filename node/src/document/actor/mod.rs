@@ -490,17 +490,7 @@ impl Handler<Notice> for DocumentActor {
     /// The notice joins the outputs of the cell that is running, else of the oldest ad-hoc run
     /// (the kernel runs requests in order), as if the kernel had written it to stderr.
     fn handle(&mut self, notice: Notice, ctx: &mut Context<Self>) {
-        let running = self
-            .current
-            .as_ref()
-            .map(|current| current.run)
-            .or_else(|| {
-                self.runs
-                    .iter()
-                    .filter(|(_, kind)| matches!(kind, RunKind::Adhoc))
-                    .map(|(run, _)| *run)
-                    .min()
-            });
+        let running = self.executing_run();
         let Some(run) = running else {
             info!(text = %notice.text.trim_end(), "node notice with no run to show it in");
             return;
@@ -907,11 +897,10 @@ impl DocumentActor {
         self.tell_origin();
     }
 
-    /// Tells the run watcher which run executes now, if that changed: the cell run in flight,
-    /// else the oldest ad-hoc run (the kernel runs requests in order).
-    fn tell_origin(&mut self) {
-        let running = self
-            .current
+    /// The run the kernel executes now: the cell run in flight, else the oldest ad-hoc run (the
+    /// kernel runs requests in order).
+    fn executing_run(&self) -> Option<RunId> {
+        self.current
             .as_ref()
             .map(|current| current.run)
             .or_else(|| {
@@ -920,7 +909,12 @@ impl DocumentActor {
                     .filter(|(_, kind)| matches!(kind, RunKind::Adhoc))
                     .map(|(run, _)| *run)
                     .min()
-            });
+            })
+    }
+
+    /// Tells the run watcher which run executes now ([`Self::executing_run`]), if that changed.
+    fn tell_origin(&mut self) {
+        let running = self.executing_run();
         let origin = running.and_then(|run| self.origins.get(&run).cloned());
         if origin != self.origin_told {
             self.origin_told = origin.clone();

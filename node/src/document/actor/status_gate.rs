@@ -3,8 +3,10 @@
 //! The kernel holds its HMAC key, so it can forge any number of `status` messages; each flip
 //! would otherwise be one broadcast to every client and one slot of the broadcast ring. The
 //! actor still acts on every flip at once (that is what starts the next queued run); only the
-//! broadcast is gated: at most one per [`MIN_GAP`], and the last state held back is sent when the
-//! gap has passed, so clients always end on the true state. A death is never held. Sans-IO.
+//! broadcast is gated: at most one busy/idle flip per [`MIN_GAP`], and the last state held back
+//! is sent when the gap has passed, so clients always end on the true state. What the node
+//! itself decides (starting, restarting, dead) is never held: the kernel cannot forge it, and
+//! clients wait for it. Sans-IO.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,8 @@ impl StatusGate {
     /// A status the kernel reported at `now`.
     pub fn offer(&mut self, now: Instant, status: KernelStatus) -> Gate {
         let due = self.last_sent.map(|at| at + MIN_GAP);
-        if matches!(status, KernelStatus::Dead { .. }) || due.is_none_or(|due| now >= due) {
+        let flip = matches!(status, KernelStatus::Busy | KernelStatus::Idle);
+        if !flip || due.is_none_or(|due| now >= due) {
             self.held = None;
             self.last_sent = Some(now);
             return Gate::Send(status);
@@ -79,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn death_is_never_held() {
+    fn what_the_node_decides_is_never_held() {
         let start = Instant::now();
         let mut gate = StatusGate::default();
         assert_eq!(
@@ -90,6 +93,9 @@ mod tests {
             cause: airlock_protocol::DeathCause::Unknown,
         };
         assert_eq!(gate.offer(start, dead.clone()), Gate::Send(dead));
+        for status in [KernelStatus::Restarting, KernelStatus::Starting] {
+            assert_eq!(gate.offer(start, status.clone()), Gate::Send(status));
+        }
         assert_eq!(gate.flush(start + MIN_GAP), None);
     }
 
