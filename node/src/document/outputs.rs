@@ -584,6 +584,18 @@ impl LiveView {
         }
     }
 
+    /// A run ended: the note about output hidden since showing stopped, to end that run with,
+    /// so it does not open the next run's output instead.
+    pub fn end_run(&mut self) -> Option<Output> {
+        let (count, bytes) = self.hidden.take()?;
+        Some(note(format!(
+            "{count} outputs ({}) were not shown live: output came faster than {}/s; the cell \
+             keeps what fits",
+            human(bytes),
+            human(self.limits.live_rate)
+        )))
+    }
+
     /// An event was broadcast; `output` is its output, if it is one.
     pub fn sent(&mut self, output: Option<&Output>) {
         let size = output.map_or(0, json_size);
@@ -752,6 +764,20 @@ mod tests {
         assert_eq!(later.len(), 2);
         assert!(text_of(&later[..1]).contains("were not shown live"));
         assert_eq!(text_of(&later[1..]), "back\n");
+    }
+
+    #[test]
+    fn hidden_output_is_counted_in_its_own_run() {
+        let mut live = LiveView::new(small(), 4096);
+        let now = Instant::now();
+        for _ in 0..200 {
+            for output in live.admit(now, out(&"h".repeat(1000))) {
+                live.sent(Some(&output));
+            }
+        }
+        let last = live.end_run().unwrap();
+        assert!(text_of(&[last]).contains("were not shown live"));
+        assert_eq!(live.end_run(), None);
     }
 
     #[test]

@@ -968,6 +968,19 @@ impl DocumentActor {
                 metrics::counter!("airlock_node_runs_total", "status" => status_label(status))
                     .increment(1);
                 self.origins.remove(&run);
+                let shown = matches!(
+                    self.runs.get(&run),
+                    Some(RunKind::Adhoc | RunKind::Cell { .. })
+                );
+                if shown && let Some(hidden) = self.live.end_run() {
+                    self.broadcast(
+                        None,
+                        ServerMessage::Output(RunOutput {
+                            run,
+                            output: hidden,
+                        }),
+                    );
+                }
                 match self.runs.remove(&run) {
                     Some(RunKind::Adhoc) => self.broadcast(
                         None,
