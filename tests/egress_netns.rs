@@ -72,13 +72,7 @@ async fn cells_reach_the_internet_only_through_the_gateway_from_their_tenants_ip
     let world_ready = started.elapsed();
 
     // Two nodes on this host, jailed, one document each, one per tenant.
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let key_file = world.dir.path().join("token-verifying.pem");
-    std::fs::write(
-        &key_file,
-        token::verifying_key_to_pem(&key.verifying_key()).unwrap(),
-    )
-    .unwrap();
+    let (key, key_file) = world.token_key();
     let (alpha, alpha_connect) = NodeProcess::spawn(&world, &key_file, ALPHA_DOC, "alpha");
     let (beta, beta_connect) = NodeProcess::spawn(&world, &key_file, BETA_DOC, "beta");
     let alpha = NodeProcess::wait_ready(alpha, &alpha_connect, ALPHA_DOC).await;

@@ -151,13 +151,7 @@ async fn a_kernel_attacking_everything_for_a_minute_harms_nobody_else() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let world = World::build().await;
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let key_file = world.dir.path().join("token-verifying.pem");
-    std::fs::write(
-        &key_file,
-        token::verifying_key_to_pem(&key.verifying_key()).unwrap(),
-    )
-    .unwrap();
+    let (key, key_file) = world.token_key();
     let (attacked, attacked_connect) = NodeProcess::spawn(&world, &key_file, ATTACKER_DOC, "alpha");
     let (bystander, bystander_connect) =
         NodeProcess::spawn(&world, &key_file, BYSTANDER_DOC, "beta");

@@ -593,6 +593,15 @@ impl World {
     }
 
     /// Every audit record written so far.
+    /// A fresh key for capability tokens, its verifying half written where nodes read it.
+    pub fn token_key(&self) -> (ed25519_dalek::SigningKey, PathBuf) {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let file = self.dir.path().join("token-verifying.pem");
+        let pem = airlock_protocol::token::verifying_key_to_pem(&key.verifying_key()).unwrap();
+        std::fs::write(&file, pem).unwrap();
+        (key, file)
+    }
+
     pub fn audit_records(&self) -> Vec<AuditRecord> {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
