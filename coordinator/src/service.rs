@@ -145,6 +145,24 @@ pub struct Session {
     pub tenant: Tenant,
 }
 
+/// What a leader keeps of its own term: when it began (leases are not expired for one lease
+/// after it) and whether it has set the configured pool targets yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenure {
+    since_ms: u64,
+    pools_set: bool,
+}
+
+impl Tenure {
+    /// A term that began at `now_ms` (Unix milliseconds).
+    pub fn begin(now_ms: u64) -> Self {
+        Tenure {
+            since_ms: now_ms,
+            pools_set: false,
+        }
+    }
+}
+
 /// Why a claim failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -606,21 +624,22 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
     pub async fn run_duties(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pools_set = false;
+        let mut tenure: Option<Tenure> = None;
         loop {
             tick.tick().await;
             if !self.consensus.is_leader() {
-                pools_set = false;
+                tenure = None;
                 continue;
             }
-            if let Err(err) = self.lead_once(&mut pools_set).await {
+            let tenure = tenure.get_or_insert_with(|| Tenure::begin(now_ms()));
+            if let Err(err) = self.lead_once(tenure).await {
                 warn!("leader duties: {err}");
             }
         }
     }
 
-    /// One round of the leader's duties.
-    pub async fn lead_once(&self, pools_set: &mut bool) -> Result<(), ConsensusError> {
+    /// One round of the leader's duties, in the term `tenure` describes.
+    pub async fn lead_once(&self, tenure: &mut Tenure) -> Result<(), ConsensusError> {
         if self.read(|state| state.signing_key().is_none()) {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let der = key
@@ -633,17 +652,25 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                 .await?;
             info!("made the region's token-signing key");
         }
-        if !*pools_set {
+        if !tenure.pools_set {
             for (tier, target) in &self.config.pools {
                 let current = self.read(|state| state.target(&self.config.region, tier).cloned());
                 if current.as_ref() != Some(target) {
                     self.set_pool_target(tier.clone(), target.clone()).await?;
                 }
             }
-            *pools_set = true;
+            tenure.pools_set = true;
+        }
+        // A new leader first gives every task one whole lease to reach it: heartbeats sent
+        // while the cluster had no leader (an election, a paused or cut-off leader) could not
+        // be committed, and a task that kept beating must not lose its document for that.
+        // Nomad resets its heartbeat timers on election for the same reason.
+        let now = now_ms();
+        let lease_ms = self.config.lease.as_millis() as u64;
+        if now < tenure.since_ms.saturating_add(lease_ms) {
+            return self.run_pool().await;
         }
         // Only when a lease ran out, so an idle region does not grow its log every tick.
-        let now = now_ms();
         let lapsed = self.read(|state| {
             state.tasks().any(|task| {
                 task.lease_until_ms < now && !matches!(task.state, TaskState::Dead { .. })

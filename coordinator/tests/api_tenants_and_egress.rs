@@ -14,7 +14,9 @@ use airlock_coordinator::model::{
     Command, Endpoints, Region, Response, RuntimeVersion, TaskId, Tier,
 };
 use airlock_coordinator::pool::PoolConfig;
-use airlock_coordinator::service::{Consensus, ConsensusError, Coordinator, CoordinatorConfig};
+use airlock_coordinator::service::{
+    Consensus, ConsensusError, Coordinator, CoordinatorConfig, Tenure,
+};
 use airlock_coordinator::state::State;
 use airlock_protocol::token::Role;
 use serde_json::Value;
@@ -68,7 +70,7 @@ async fn serve(warm: usize) -> (Arc<Region1>, String) {
     config.claim_wait = Duration::from_millis(200);
     let coordinator = Arc::new(Coordinator::new(log, None, config, PoolConfig::default()));
     // The leader's first round: the signing key and the pool targets.
-    coordinator.lead_once(&mut false).await.unwrap();
+    coordinator.lead_once(&mut Tenure::begin(0)).await.unwrap();
     for i in 0..warm {
         let id = TaskId(format!("t{i}"));
         let consensus = coordinator.consensus();
