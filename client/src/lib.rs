@@ -17,6 +17,8 @@
 //! - [`follow`]: the sans-IO rule that decides when a cell has finished, from run and cell events.
 //! - [`Target`]: where and how to connect; [`Trust`]: how the node's QUIC certificate is checked.
 //! - [`pinned`]: the certificate verifier that accepts exactly one certificate fingerprint.
+//! - [`tunnel`]: a node's side of the egress tunnel ([`tunnel::TunnelClient`]) and what the
+//!   gateway's server side shares with it.
 //!
 //! A background task reads and decodes incoming frames, so [`Client::recv`] is cancel-safe and
 //! can sit in a `select!` beside Ctrl-C handling.
@@ -26,6 +28,7 @@ pub mod follow;
 pub mod outbox;
 pub mod pinned;
 pub mod reply;
+pub mod tunnel;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

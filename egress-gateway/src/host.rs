@@ -16,8 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// The longest host string accepted before any processing, in bytes (a DNS name is at most 253
 /// characters; the slack covers brackets and a trailing dot, and bounds IDNA work).
 pub const MAX_HOST_INPUT: usize = 512;
-/// The longest canonical name (RFC 1035 presentation form without the root dot).
-pub const MAX_NAME_LEN: usize = 253;
+pub use airlock_protocol::tunnel::MAX_NAME_LEN;
 /// The longest label of a name.
 pub const MAX_LABEL_LEN: usize = 63;
 

@@ -7,8 +7,8 @@
 //!
 //! - Front ends, each identifying the tenant and document its own way:
 //!   - [`tunnel`]: QUIC from nodes (mutual TLS; tenant from the node's certificate and config),
-//!     one stream per flow or name lookup, framed by [`frame`]. [`tunnel::TunnelClient`] is
-//!     the node's side.
+//!     one stream per flow or name lookup, framed by [`frame`] (`airlock_protocol::tunnel`).
+//!     The node's side, `airlock_client::tunnel::TunnelClient`, is re-exported here.
 //!   - [`connect`]: HTTP CONNECT, proxy credentials → tenant/document.
 //!   - [`socks`]: SOCKS5 (RFC 1928, CONNECT only; RFC 1929 credentials), codec in
 //!     [`socks::codec`].
@@ -37,7 +37,6 @@ pub mod config;
 pub mod connect;
 pub mod dial;
 pub mod flow;
-pub mod frame;
 pub mod gateway;
 pub mod host;
 pub mod lookup;
@@ -48,6 +47,9 @@ pub mod server;
 pub mod socks;
 mod splice;
 pub mod tunnel;
+
+/// The tunnel's frames, defined with every other wire type in `airlock-protocol`.
+pub use airlock_protocol::tunnel as frame;
 
 pub use config::Config;
 pub use gateway::Gateway;

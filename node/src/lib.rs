@@ -305,7 +305,7 @@ impl WarmNode {
             // Each flow names the cell, run and user that were executing when it opened.
             let flows = egress.clone();
             document.watch_runs(Arc::new(move |origin| {
-                flows.set_origin(origin.map(|origin| airlock_egress::frame::FlowOrigin {
+                flows.set_origin(origin.map(|origin| airlock_protocol::tunnel::FlowOrigin {
                     cell: origin.cell.unwrap_or_else(|| ADHOC_CELL.to_owned()),
                     run: origin.run,
                     user: origin.user,

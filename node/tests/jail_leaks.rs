@@ -161,12 +161,12 @@ async fn egress_jails_see_only_the_node_and_release_their_namespace() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let egress = airlock_node::egress::Egress::new(airlock_egress::tunnel::TunnelClientConfig {
+    let egress = airlock_node::egress::Egress::new(airlock_client::tunnel::TunnelClientConfig {
         // Nothing listens on the discard port; no flow is ever assigned anyway.
         gateway: "127.0.0.1:9".parse().unwrap(),
         server_name: "egress".to_owned(),
         gateway_roots: vec![cert.der().clone()],
-        identity: airlock_egress::tunnel::Identity {
+        identity: airlock_client::tunnel::Identity {
             chain: vec![cert.der().clone()],
             key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
         },

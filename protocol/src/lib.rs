@@ -8,6 +8,8 @@
 //! - [`control`]: the HTTP/JSON protocol between a task's node and the coordinators.
 //! - [`codec`]: the one binary framing used on QUIC streams and WebSocket binary frames, the JSON
 //!   text form for browsers, and the frame size limits.
+//! - [`tunnel`]: the frames a node and the egress gateway exchange on each QUIC stream of the
+//!   egress tunnel (flow open and reply, name lookup and verdict).
 //! - [`token`]: ed25519-signed capability tokens (document, user, role, epoch, expiry).
 //! - [`version`]: protocol version negotiation.
 //!
@@ -21,6 +23,7 @@ pub mod control;
 pub mod document;
 pub mod message;
 pub mod token;
+pub mod tunnel;
 pub mod version;
 
 pub use blob::Blob;

@@ -4,7 +4,7 @@
 //! Each kernel gets its own network namespace ([`netns`]) in which every TCP connection is
 //! redirected to the node and every DNS query is answered by the node. For each redirected
 //! connection the node reads the original destination, opens a flow on the mutually
-//! authenticated QUIC tunnel to the gateway (`airlock_egress::tunnel`), tagged with the
+//! authenticated QUIC tunnel to the gateway (`airlock_client::tunnel`), tagged with the
 //! document and tenant of the node's assignment, and copies bytes both ways. Names the kernel
 //! looks up are checked with the gateway and answered with synthetic addresses ([`names`]), so
 //! flows to them leave by name and the gateway resolves them itself. Nothing the kernel can
@@ -28,9 +28,9 @@ mod redirect;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
-use airlock_egress::tunnel::{TunnelClient, TunnelClientConfig, TunnelError};
+use airlock_client::tunnel::{TunnelClient, TunnelClientConfig, TunnelError};
 
-pub use airlock_egress::frame::FlowOrigin;
+pub use airlock_protocol::tunnel::FlowOrigin;
 
 pub use netns::{JailNetwork, NetworkError};
 

@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_egress::frame::ReplyStatus;
-use airlock_egress::tunnel::{
+use airlock_client::tunnel::{
     Destination, LookupAnswer, LookupError, OpenFlowError, TunnelError, TunnelFlow,
 };
+use airlock_protocol::tunnel::ReplyStatus;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -298,7 +298,7 @@ fn destination(egress: &Egress, original: SocketAddrV4) -> Result<Destination, S
 
 /// `host:port` as a user would write it.
 fn show(destination: &Destination) -> String {
-    use airlock_egress::frame::TargetHost;
+    use airlock_protocol::tunnel::TargetHost;
     match &destination.host {
         TargetHost::Name(name) => format!("{name}:{}", destination.port),
         TargetHost::Ip(ip) => SocketAddr::new(*ip, destination.port).to_string(),

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use airlock_egress::tunnel::{Identity, TunnelClientConfig};
+use airlock_client::tunnel::{Identity, TunnelClientConfig};
 use tokio::sync::mpsc;
 
 use super::*;

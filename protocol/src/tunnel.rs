@@ -46,12 +46,13 @@
 //! the document has no origin. A gateway older than the origin refuses it as trailing bytes.
 //!
 //! All integers are big-endian. A body must be consumed exactly. The address types are SOCKS5's.
-//! Names are checked as any client's host ([`crate::host`]) only after decoding: the frame
+//! Names are checked by the gateway as any client's host only after decoding: the frame
 //! carries what the node was asked for. The gateway takes the tenant tag only if the node's
-//! certificate is allowed to speak for that tenant (`crate::tunnel`).
+//! certificate is allowed to speak for that tenant (the gateway's `tunnel` module).
 //!
 //! The decoders are sans-IO and incremental: `Ok(None)` means "need more bytes". They are
-//! fuzzed (`fuzz/`) and property-tested (`tests/decoders.rs`).
+//! fuzzed and property-tested with the gateway (`egress-gateway/fuzz/`,
+//! `egress-gateway/tests/decoders.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -80,7 +81,11 @@ pub const MAX_USER_LEN: usize = 128;
 /// The section tag of a `FlowOpen`'s origin.
 const SECTION_ORIGIN: u8 = 0x01;
 /// The longest name a `NameLookup` may carry (a DNS name in presentation form).
-pub const MAX_LOOKUP_NAME_LEN: usize = crate::host::MAX_NAME_LEN;
+pub const MAX_LOOKUP_NAME_LEN: usize = MAX_NAME_LEN;
+
+/// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot), the limit of every host a
+/// frame or a proxy request may name.
+pub const MAX_NAME_LEN: usize = 253;
 /// Largest `NameLookup` body: 1 + 253 + 1 + 64 + 1 + 128 = 448, rounded up.
 pub const MAX_LOOKUP_BODY: usize = 512;
 /// Largest `LookupReply` body: 1 + 2 + 1024 = 1027, rounded up.
@@ -119,7 +124,7 @@ pub enum FrameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetHost {
     Ip(IpAddr),
-    /// A host string, checked by the gateway with [`crate::host::parse_host`].
+    /// A host string, checked by the gateway's host parser.
     Name(String),
 }
 
@@ -187,7 +192,7 @@ pub struct FlowReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameLookup {
     /// The name as the kernel asked for it, checked by the gateway with
-    /// [`crate::host::parse_host`].
+    /// the gateway's host parser.
     pub name: String,
     pub tenant: String,
     pub document: String,
