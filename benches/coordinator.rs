@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_client::coordinator::ApiClient;
 use airlock_client::{Client, Target, Trust};
 use airlock_coordinator::api::{ApiRole, ApiToken};
-use airlock_coordinator::client::ApiClient;
 use airlock_coordinator::cluster::{self, ProcessConfig};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
 use airlock_coordinator::model::{

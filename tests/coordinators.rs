@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_coordinator::client::{ApiClient, ApiClientError};
+use airlock_client::coordinator::{ApiClient, ApiClientError};
 use airlock_protocol::token::Role;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

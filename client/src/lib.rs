@@ -17,6 +17,8 @@
 //! - [`follow`]: the sans-IO rule that decides when a cell has finished, from run and cell events.
 //! - [`Target`]: where and how to connect; [`Trust`]: how the node's QUIC certificate is checked.
 //! - [`pinned`]: the certificate verifier that accepts exactly one certificate fingerprint.
+//! - [`coordinator`]: the coordinator's HTTP API ([`coordinator::ApiClient`]): claim a
+//!   document, read and set the region's egress IP sets, read status.
 //! - [`tunnel`]: a node's side of the egress tunnel ([`tunnel::TunnelClient`]) and what the
 //!   gateway's server side shares with it.
 //!
@@ -24,6 +26,7 @@
 //! can sit in a `select!` beside Ctrl-C handling.
 #![forbid(unsafe_code)]
 
+pub mod coordinator;
 pub mod follow;
 pub mod outbox;
 pub mod pinned;

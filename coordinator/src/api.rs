@@ -17,12 +17,11 @@
 //! `PUT /v1/egress-ips` (operator) replaces them as a whole.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use airlock_protocol::api::{ClaimRequest, EgressIps, ErrorBody, SetEgressIps};
 use airlock_protocol::control::{TaskReady, TaskReleased};
-use airlock_protocol::token::Role;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -236,7 +235,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({"error": self.code.as_str(), "message": self.message})),
+            Json(ErrorBody {
+                error: self.code.as_str().to_owned(),
+                message: self.message,
+            }),
         )
             .into_response();
         if let Some(seconds) = self.retry_after
@@ -393,39 +395,15 @@ impl<C: Consensus, D: Driver + 'static> Api<C, D> {
 
 /// Checks a document id: 1 to 128 of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
 fn document_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if airlock_protocol::ids::is_valid_id(id) {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadDocumentId,
-            "a document id is 1 to 128 characters from A-Z a-z 0-9 . _ - (not . or ..)",
+            airlock_protocol::ids::DOCUMENT_ID_RULE,
         ))
     }
-}
-
-/// The body of a claim.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimRequest {
-    /// Who will use the session (goes into the token).
-    pub user: String,
-    /// `viewer`, `editor` or `owner`.
-    pub role: Role,
-    /// The tier of task wanted [default: the coordinator's].
-    #[serde(default)]
-    pub tier: Option<String>,
-    /// Whose document it is: 1 to 64 of `a-z 0-9 . _ -` [default: `default`]. The egress
-    /// gateway applies this tenant's rules and static IPs; a document open under one tenant is
-    /// refused (409 `tenant_mismatch`) to claims of another until it is released.
-    #[serde(default)]
-    pub tenant: Option<String>,
 }
 
 /// Checks a claim's tenant: 1 to 64 of `a-z 0-9 . _ -`.
@@ -442,45 +420,24 @@ fn tenant(name: Option<String>) -> Result<Tenant, ApiError> {
     })
 }
 
-/// The answer of `GET /v1/egress-ips` (and of its `PUT`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EgressIps {
-    /// The region these coordinators manage.
-    pub region: String,
-    /// Tenant → the addresses the egress gateway binds its outbound connections to. A tenant
-    /// absent here has no static IPs published: its traffic may leave from any address.
-    pub tenants: BTreeMap<String, Vec<IpAddr>>,
-    /// When an operator last set them (Unix ms); `null` if never.
-    pub updated_ms: Option<u64>,
-}
-
-impl EgressIps {
-    fn of(region: &str, sets: Option<EgressIpSets>) -> EgressIps {
-        match sets {
-            Some(sets) => EgressIps {
-                region: sets.region.0,
-                tenants: sets
-                    .tenants
-                    .into_iter()
-                    .map(|(t, ips)| (t.0, ips))
-                    .collect(),
-                updated_ms: Some(sets.updated_ms),
-            },
-            None => EgressIps {
-                region: region.to_owned(),
-                tenants: BTreeMap::new(),
-                updated_ms: None,
-            },
-        }
+/// What `GET /v1/egress-ips` answers for `region` with these `sets`.
+fn egress_ips_view(region: &str, sets: Option<EgressIpSets>) -> EgressIps {
+    match sets {
+        Some(sets) => EgressIps {
+            region: sets.region.0,
+            tenants: sets
+                .tenants
+                .into_iter()
+                .map(|(t, ips)| (t.0, ips))
+                .collect(),
+            updated_ms: Some(sets.updated_ms),
+        },
+        None => EgressIps {
+            region: region.to_owned(),
+            tenants: BTreeMap::new(),
+            updated_ms: None,
+        },
     }
-}
-
-/// The body of `PUT /v1/egress-ips`: the whole new sets.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetEgressIps {
-    /// Tenant → its addresses (IPv4 or IPv6, without a port or prefix length).
-    pub tenants: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// `wait_ms` from a query string such as `wait_ms=25000`.
@@ -561,7 +518,7 @@ async fn status<C: Consensus, D: Driver + 'static>(
         )
     });
     let pools = coordinator.pool_status().await;
-    let egress_ips = EgressIps::of(&coordinator.config().region.0, coordinator.egress_ips());
+    let egress_ips = egress_ips_view(&coordinator.config().region.0, coordinator.egress_ips());
     Ok(Json(json!({
         "region": coordinator.config().region,
         "egress_ips": egress_ips,
@@ -648,7 +605,7 @@ async fn egress_ips<C: Consensus, D: Driver + 'static>(
 ) -> Result<Json<EgressIps>, ApiError> {
     api.authorize(&headers, ApiRole::Backend)?;
     let coordinator = &api.coordinator;
-    Ok(Json(EgressIps::of(
+    Ok(Json(egress_ips_view(
         &coordinator.config().region.0,
         coordinator.egress_ips(),
     )))
@@ -678,7 +635,7 @@ async fn set_egress_ips<C: Consensus, D: Driver + 'static>(
         tenants.insert(tenant, addresses);
     }
     let sets = api.coordinator.set_egress_ips(tenants).await?;
-    Ok(Json(EgressIps::of(
+    Ok(Json(egress_ips_view(
         &api.coordinator.config().region.0,
         Some(sets),
     )))

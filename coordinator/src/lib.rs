@@ -15,7 +15,8 @@
 //!   [`service::Consensus`].
 //! - [`cluster`]: one coordinator process assembled (Raft member, service, API, duties).
 //! - [`api`]: the HTTP API (routes, authentication, errors) and its OpenAPI document.
-//! - [`client`]: a small client of the API (CLI, tests, benchmarks).
+//! - [`egress_ip_file`]: the egress IP set files operators write (JSON or TOML). The API's
+//!   client is `airlock_client::coordinator`; its bodies are `airlock_protocol::api`.
 //! - [`driver`]: how tasks are started and stopped: the `Driver` trait, its conformance suite,
 //!   and the local driver (spawns `airlock node` processes on this machine).
 // `deny`, not `forbid`: the local driver's spawn must call `setsid` between fork and exec (std
@@ -23,9 +24,9 @@
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod client;
 pub mod cluster;
 pub mod driver;
+pub mod egress_ip_file;
 pub mod model;
 pub mod pool;
 pub mod raft;

@@ -38,52 +38,7 @@ impl fmt::Display for Region {
     }
 }
 
-/// Who a document belongs to: the egress gateway applies this tenant's rules and binds its
-/// flows to this tenant's static IP set. 1 to 64 of `a-z 0-9 . _ -` ([`Tenant::parse`]).
-/// Claims that name none, and entries written before tenants existed, are [`Tenant::DEFAULT`].
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(transparent)]
-pub struct Tenant(pub String);
-
-/// Why a string is not a tenant name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tenant {0:?} is not 1 to 64 characters from a-z 0-9 . _ -")]
-pub struct BadTenant(pub String);
-
-impl Tenant {
-    /// The tenant of claims that name none.
-    pub const DEFAULT: &'static str = "default";
-
-    /// Checks a tenant name: 1 to 64 of `a-z 0-9 . _ -`.
-    pub fn parse(name: &str) -> Result<Tenant, BadTenant> {
-        let ok = (1..=64).contains(&name.len())
-            && name.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            });
-        if ok {
-            Ok(Tenant(name.to_owned()))
-        } else {
-            Err(BadTenant(name.to_owned()))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for Tenant {
-    /// [`Tenant::DEFAULT`]: what log entries and snapshots from before tenants decode to.
-    fn default() -> Self {
-        Tenant(Tenant::DEFAULT.to_owned())
-    }
-}
-
-impl fmt::Display for Tenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use airlock_protocol::ids::{BadTenant, Tenant};
 
 /// The region's static egress IP sets: the addresses the egress gateway binds each tenant's
 /// outbound connections to, published (`GET /v1/egress-ips`) so users can allow-list them.

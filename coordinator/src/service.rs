@@ -122,28 +122,7 @@ impl CoordinatorConfig {
     }
 }
 
-/// What a claim gives the caller.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Session {
-    pub document: String,
-    pub epoch: u64,
-    pub task: String,
-    /// `host:port` for QUIC clients.
-    pub quic: Option<String>,
-    /// `ws://…/v1/doc` for WebSocket clients.
-    pub websocket: Option<String>,
-    /// SHA-256 of the node's certificate, for clients to pin.
-    pub fingerprint: String,
-    /// The capability token to present in the hello.
-    pub token: String,
-    /// When the token expires (Unix seconds).
-    pub expires_at: u64,
-    /// Whether this claim started serving the document (false: it was served already).
-    pub fresh: bool,
-    /// The tenant the document is served for (absent from coordinators before tenants).
-    #[serde(default)]
-    pub tenant: Tenant,
-}
+pub use airlock_protocol::api::Session;
 
 /// What a leader keeps of its own term: when it began (leases are not expired for one lease
 /// after it) and whether it has set the configured pool targets yet.

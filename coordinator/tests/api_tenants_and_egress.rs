@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airlock_client::coordinator::{ApiClient, ApiClientError};
 use airlock_coordinator::api::{self, Api, ApiRole, ApiToken};
-use airlock_coordinator::client::{ApiClient, ApiClientError};
 use airlock_coordinator::driver::local::LocalDriver;
 use airlock_coordinator::model::{
     Command, Endpoints, Region, Response, RuntimeVersion, TaskId, Tier,

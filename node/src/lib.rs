@@ -109,12 +109,7 @@ pub enum NodeError {
 
 /// Whether `id` is a document id this node accepts.
 pub fn valid_document_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    airlock_protocol::ids::is_valid_id(id)
 }
 
 /// A node that is serving its document.

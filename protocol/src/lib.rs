@@ -4,6 +4,8 @@
 //! - [`message`]: the document protocol between a client and its document's node — hello and
 //!   welcome, execute, outputs, kernel status, interrupt, restart, typed errors.
 //! - [`document`]: collaborative editing (y-sync), the cell graph and notebook files.
+//! - [`api`]: the coordinator's HTTP API bodies (claims, sessions, egress IP sets, refusals).
+//! - [`ids`]: the one rule for document and cell ids, and tenant names.
 //! - [`blob`]: opaque bytes, `bin` in MessagePack and base64 in JSON.
 //! - [`control`]: the HTTP/JSON protocol between a task's node and the coordinators.
 //! - [`codec`]: the one binary framing used on QUIC streams and WebSocket binary frames, the JSON
@@ -17,10 +19,12 @@
 //! serde, the two encodings and the signature scheme, and nothing else.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod blob;
 pub mod codec;
 pub mod control;
 pub mod document;
+pub mod ids;
 pub mod message;
 pub mod token;
 pub mod tunnel;

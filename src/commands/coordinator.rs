@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_coordinator::api::{ApiRole, ApiToken, EgressIps};
-use airlock_coordinator::client::parse_egress_ip_file;
 use airlock_coordinator::cluster::{self, ProcessConfig};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
+use airlock_coordinator::egress_ip_file::parse_egress_ip_file;
 use airlock_coordinator::model::{PoolTarget, RuntimeVersion, Tier};
 use airlock_coordinator::pool::PoolConfig;
 use airlock_coordinator::raft::RaftConfig;

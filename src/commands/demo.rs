@@ -8,8 +8,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use airlock_client::coordinator::ApiClient;
 use airlock_client::{Client, ClientError, Target, Trust};
-use airlock_coordinator::client::ApiClient;
 use airlock_coordinator::service::Session;
 use airlock_protocol::token::Role;
 use airlock_protocol::{ClientMessage, Output, RunStatus, ServerMessage};

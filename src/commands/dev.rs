@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_client::coordinator::ApiClient;
 use airlock_coordinator::api::{ApiRole, ApiToken};
-use airlock_coordinator::client::ApiClient;
 use airlock_coordinator::cluster::{self, ProcessConfig, RunningCoordinator};
 use airlock_coordinator::driver::local::{LocalDriver, LocalDriverConfig, NodeCommand};
 use airlock_coordinator::model::{PoolTarget, RuntimeVersion, Tier};

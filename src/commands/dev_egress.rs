@@ -228,7 +228,7 @@ impl DevGateway {
     /// retrying while it elects itself leader (up to `patience`).
     pub async fn publish(
         &mut self,
-        api: &airlock_coordinator::client::ApiClient,
+        api: &airlock_client::coordinator::ApiClient,
         patience: Duration,
     ) -> anyhow::Result<()> {
         let sets = self.static_ips();

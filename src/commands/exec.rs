@@ -215,7 +215,7 @@ impl ConnectArgs {
             .as_deref()
             .context("--coordinator needs --api-token (or AIRLOCK_API_TOKEN)")?;
         let doc = self.doc.as_deref().context("--coordinator needs --doc")?;
-        let api = airlock_coordinator::client::ApiClient::new(coordinator, api_token)?;
+        let api = airlock_client::coordinator::ApiClient::new(coordinator, api_token)?;
         let session = api
             .claim_for_tenant(
                 doc,

@@ -121,8 +121,8 @@ pub struct CoordinatorArgs {
 }
 
 impl CoordinatorArgs {
-    pub fn client(&self) -> anyhow::Result<airlock_coordinator::client::ApiClient> {
-        Ok(airlock_coordinator::client::ApiClient::new(
+    pub fn client(&self) -> anyhow::Result<airlock_client::coordinator::ApiClient> {
+        Ok(airlock_client::coordinator::ApiClient::new(
             &self.coordinator,
             &self.api_token,
         )?)

@@ -247,13 +247,7 @@ impl DriverError {
 
 /// Whether `task` can be a file name: 1 to 64 of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn valid_task_id(task: &TaskId) -> bool {
-    let id = task.0.as_str();
-    (1..=64).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    airlock_protocol::ids::is_valid_task_id(&task.0)
 }
 
 #[cfg(test)]

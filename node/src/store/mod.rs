@@ -59,17 +59,12 @@ impl fmt::Display for Seq {
 }
 
 /// Longest document or cell id, in bytes.
-pub const MAX_ID_LEN: usize = 128;
+pub use airlock_protocol::ids::MAX_ID_LEN;
 
-/// Whether `id` may name a document or a cell: 1 to 128 characters from `A-Z a-z 0-9 . _ -`,
-/// and not `.` or `..`. Ids become path segments, so this is what keeps `../x` out.
+/// Whether `id` may name a document or a cell ([`airlock_protocol::ids`]). Ids become path
+/// segments, so this is what keeps `../x` out.
 fn valid_id(id: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && id != "."
-        && id != ".."
+    airlock_protocol::ids::is_valid_id(id)
 }
 
 /// A document id that is safe to use as a path segment in any store (see [`DocumentId::new`]).

@@ -1,13 +1,12 @@
-//! A small client of the coordinator's HTTP API, for the CLI, tests and benchmarks.
+//! A small client of the coordinator's HTTP API ([`airlock_protocol::api`]), for backends, the
+//! CLI, tests and benchmarks. It builds no part of the coordinator.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use airlock_protocol::api::{ClaimRequest, EgressIps, ErrorBody, Session, SetEgressIps};
 use airlock_protocol::token::Role;
-
-use crate::api::{EgressIps, SetEgressIps};
-use crate::service::Session;
 
 /// What went wrong talking to a coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +80,12 @@ impl ApiClient {
         role: Role,
     ) -> Result<Session, ApiClientError> {
         let url = format!("{}/v1/documents/{document}/session", self.base);
-        let mut body = serde_json::json!({"user": user, "role": role});
-        if let Some(tenant) = tenant {
-            body["tenant"] = tenant.into();
-        }
+        let body = ClaimRequest {
+            user: user.to_owned(),
+            role,
+            tier: None,
+            tenant: tenant.map(str::to_owned),
+        };
         let response = self
             .http
             .post(&url)
@@ -153,63 +154,18 @@ impl ApiClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let body = response
+            .json::<ErrorBody>()
+            .await
+            .unwrap_or_else(|_| ErrorBody {
+                error: "unknown".to_owned(),
+                message: format!("no explanation came with the {status} answer"),
+            });
         Err(ApiClientError::Refused {
             status: status.as_u16(),
-            code: body["error"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["message"].as_str().unwrap_or("no message").to_owned(),
+            code: body.error,
+            message: body.message,
             retry_after,
         })
-    }
-}
-
-/// Why an egress IP set file does not read.
-#[derive(Debug, thiserror::Error)]
-pub enum EgressIpFileError {
-    #[error("not a JSON object of tenant → list of IP addresses: {0}")]
-    Json(#[source] serde_json::Error),
-    #[error("not a TOML table of tenant → list of IP addresses: {0}")]
-    Toml(#[source] toml::de::Error),
-}
-
-/// Reads the egress IP sets an operator wrote: a map of tenant → addresses, as JSON
-/// (`{"acme": ["203.0.113.10"]}`, when the text starts with `{`) or TOML
-/// (`acme = ["203.0.113.10"]`). Addresses must parse; tenant names are checked by the API.
-pub fn parse_egress_ip_file(
-    text: &str,
-) -> Result<BTreeMap<String, Vec<IpAddr>>, EgressIpFileError> {
-    if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(EgressIpFileError::Json)
-    } else {
-        toml::from_str(text).map_err(EgressIpFileError::Toml)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn egress_ip_files_read_as_json_or_toml() {
-        let json = r#"{"acme": ["203.0.113.10", "2001:db8::10"], "globex": []}"#;
-        let toml = "# the region's static IPs\nacme = [\"203.0.113.10\", \"2001:db8::10\"]\n\
-                    globex = []\n\"team.eu\" = [\"198.51.100.7\"]\n";
-        let from_json = parse_egress_ip_file(json).unwrap();
-        let from_toml = parse_egress_ip_file(toml).unwrap();
-        assert_eq!(from_json["acme"], from_toml["acme"]);
-        assert_eq!(
-            from_toml["acme"][1],
-            "2001:db8::10".parse::<IpAddr>().unwrap()
-        );
-        assert!(from_toml["globex"].is_empty());
-        assert_eq!(from_toml.len(), 3);
-        assert!(matches!(
-            parse_egress_ip_file(r#"{"acme": ["203.0.113.300"]}"#),
-            Err(EgressIpFileError::Json(_))
-        ));
-        assert!(matches!(
-            parse_egress_ip_file("acme = \"203.0.113.1\""),
-            Err(EgressIpFileError::Toml(_))
-        ));
     }
 }
