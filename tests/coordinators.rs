@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use airlock_client::coordinator::{ApiClient, ApiClientError};
 use airlock_protocol::token::Role;
+use airlock_test_kit::{Check, eventually, eventually_paced, ready_if};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -158,8 +159,9 @@ async fn status(member: &Member) -> Option<Value> {
 
 /// Waits until some member reports a leader and `warm` warm tasks.
 async fn wait_warm(members: &[Member], warm: u64, patience: Duration) -> Value {
-    let deadline = Instant::now() + patience;
-    loop {
+    let what = format!("a leader with {warm} warm tasks");
+    eventually_paced(&what, patience, Duration::from_millis(200), || async {
+        let mut seen = Vec::new();
         for member in members {
             if let Some(status) = status(member).await {
                 let warm_now: u64 = status["counts"]
@@ -169,16 +171,30 @@ async fn wait_warm(members: &[Member], warm: u64, patience: Duration) -> Value {
                     .map(|c| c["counts"]["warm"].as_u64().unwrap_or(0))
                     .sum();
                 if !status["cluster"]["leader"].is_null() && warm_now >= warm {
-                    return status;
+                    return Check::Ready(status);
                 }
+                seen.push((member.id, warm_now));
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no leader with {warm} warm tasks within {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Check::NotYet(seen)
+    })
+    .await
+}
+
+/// Waits until `member` answers its status with `holds`, and returns that status.
+async fn status_until(
+    member: &Member,
+    what: &str,
+    patience: Duration,
+    holds: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually_paced(what, patience, Duration::from_millis(100), || async {
+        match status(member).await {
+            Some(status) if holds(&status) => Check::Ready(status),
+            seen => Check::NotYet(seen),
+        }
+    })
+    .await
 }
 
 /// Every document served by one task, every task serving at most one document.
@@ -270,16 +286,17 @@ async fn three_coordinators_fail_over_and_never_double_allocate() {
     kill(members[leader_at].pid(), Signal::SIGKILL).unwrap();
     let _ = members[leader_at].child.as_mut().unwrap().wait();
     members[leader_at].child = None;
-    loop {
-        if claim(&members[survivor], "doc-a").await.is_ok() {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "no claim after the leader died"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a claim after the leader died",
+        Duration::from_secs(10),
+        || async {
+            match claim(&members[survivor], "doc-a").await {
+                Ok(_) => Check::Ready(()),
+                Err(err) => Check::NotYet(err),
+            }
+        },
+    )
+    .await;
     let failover = killed.elapsed();
     println!(
         "leader {leader} killed -> claims succeed again after {} ms",
@@ -301,17 +318,16 @@ async fn three_coordinators_fail_over_and_never_double_allocate() {
 
     // The old leader restarts from its data and rejoins.
     members[leader_at].start();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = status(&members[leader_at]).await
-            && !status["cluster"]["leader"].is_null()
-            && status["documents"].as_array().is_some_and(|d| d.len() >= 3)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the old leader did not rejoin");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    status_until(
+        &members[leader_at],
+        "the old leader rejoins and knows the three documents",
+        Duration::from_secs(30),
+        |status| {
+            !status["cluster"]["leader"].is_null()
+                && status["documents"].as_array().is_some_and(|d| d.len() >= 3)
+        },
+    )
+    .await;
 
     // Pause the current leader; claims go on through the others; resume it.
     wait_warm(&members, 1, Duration::from_secs(60)).await;
@@ -367,16 +383,19 @@ async fn three_coordinators_fail_over_and_never_double_allocate() {
     assert_eq!(tasks.len(), served.len(), "a task got two documents");
 
     // Every member agrees, and no document has two tasks.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let views: Vec<BTreeMap<String, String>> = {
-        let mut views = Vec::new();
-        for member in &members {
-            views.push(check_allocations(&status(member).await.unwrap()));
-        }
-        views
-    };
-    assert_eq!(views[0], views[1]);
-    assert_eq!(views[1], views[2]);
+    // (Followers apply the log a moment after the leader answers: wait until they have.)
+    eventually(
+        "every member shows the same allocations",
+        Duration::from_secs(10),
+        || async {
+            let mut views = Vec::new();
+            for member in &members {
+                views.push(check_allocations(&status(member).await.unwrap()));
+            }
+            ready_if(views.windows(2).all(|w| w[0] == w[1]), (), views)
+        },
+    )
+    .await;
 
     // A rolling upgrade under a steady stream of claims fails no claim.
     let operator = members[other].client(OPERATOR);
@@ -389,41 +408,47 @@ async fn three_coordinators_fail_over_and_never_double_allocate() {
         .unwrap();
     assert_eq!(upgrade.status(), 204);
     let started = Instant::now();
-    let mut n = 0;
-    let upgraded = loop {
-        // Mostly documents already open (each claim still goes through the log), and a new
-        // one every fourth time (which takes a warm task) for the first dozen claims. On a
-        // loaded machine a new task can take as long to start as the claims take to use one;
-        // the upgrade must then end once new documents stop arriving, not outrun them.
-        let doc = if n % 4 == 0 && n < NEW_DOCUMENTS_DURING_UPGRADE * 4 {
-            format!("upgrade-{n}")
-        } else {
-            format!("burst-{}", n % 6)
-        };
-        claim(&members[n % 3], &doc)
-            .await
-            .unwrap_or_else(|err| panic!("claim {doc} during the upgrade: {err}"));
-        n += 1;
-        let status = status(&members[other]).await.unwrap();
-        let warm: Vec<&Value> = status["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["state"]["state"] == "warm")
-            .collect();
-        if warm.len() >= 3 && warm.iter().all(|t| t["version"] == "0.2.0-next") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the upgrade did not finish after {n} claims; tasks by (state, version): {:?}\n{status}",
-            tasks_by_state_and_version(&status)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let claims_made = std::cell::Cell::new(0usize);
+    let upgraded = eventually_paced(
+        "the rolling upgrade leaves 3 or more warm tasks, all of the new version",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || async {
+            let n = claims_made.get();
+            // Mostly documents already open (each claim still goes through the log), and a new
+            // one every fourth time (which takes a warm task) for the first dozen claims. On a
+            // loaded machine a new task can take as long to start as the claims take to use one;
+            // the upgrade must then end once new documents stop arriving, not outrun them.
+            let doc = if n % 4 == 0 && n < NEW_DOCUMENTS_DURING_UPGRADE * 4 {
+                format!("upgrade-{n}")
+            } else {
+                format!("burst-{}", n % 6)
+            };
+            claim(&members[n % 3], &doc)
+                .await
+                .unwrap_or_else(|err| panic!("claim {doc} during the upgrade: {err}"));
+            claims_made.set(n + 1);
+            let status = status(&members[other]).await.unwrap();
+            let warm: Vec<&Value> = status["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["state"]["state"] == "warm")
+                .collect();
+            let upgraded = warm.len() >= 3 && warm.iter().all(|t| t["version"] == "0.2.0-next");
+            let seen = format!(
+                "{} claims; tasks by (state, version): {:?}",
+                n + 1,
+                tasks_by_state_and_version(&status)
+            );
+            ready_if(upgraded, status, seen)
+        },
+    )
+    .await;
     println!(
-        "rolling upgrade finished in {} ms with {n} claims served during it",
-        started.elapsed().as_millis()
+        "rolling upgrade finished in {} ms with {} claims served during it",
+        started.elapsed().as_millis(),
+        claims_made.get()
     );
     check_allocations(&upgraded);
 }
@@ -445,14 +470,10 @@ async fn bad_input_and_a_driver_that_cannot_start_tasks() {
     );
     let member = &members[0];
     // Wait for the member to lead.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status(member)
-        .await
-        .is_none_or(|s| s["cluster"]["leader"].is_null())
-    {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    status_until(member, "the member leads", Duration::from_secs(30), |s| {
+        !s["cluster"]["leader"].is_null()
+    })
+    .await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", member.api);
 
@@ -570,16 +591,17 @@ async fn bad_input_and_a_driver_that_cannot_start_tasks() {
 
     // Tasks that fail to start: back-off shows in status and metrics; claims get 503 with
     // Retry-After once the bound runs out.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pool = loop {
-        let status = status(member).await.unwrap();
-        let pool = status["pools"][0].clone();
-        if pool["start_failures"].as_u64().unwrap_or(0) >= 2 && !pool["backoff"].is_null() {
-            break pool;
-        }
-        assert!(Instant::now() < deadline, "no back-off reported: {status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let pool = status_until(
+        member,
+        "the pool reports two failed starts and a back-off",
+        Duration::from_secs(30),
+        |status| {
+            let pool = &status["pools"][0];
+            pool["start_failures"].as_u64().unwrap_or(0) >= 2 && !pool["backoff"].is_null()
+        },
+    )
+    .await["pools"][0]
+        .clone();
     println!("pool while its tasks fail: {pool}");
     let metrics = http
         .get(url("/metrics"))
@@ -613,13 +635,17 @@ async fn bad_input_and_a_driver_that_cannot_start_tasks() {
     let _ = member.child.as_mut().unwrap().wait();
     member.child = None;
     member.start();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let again = loop {
-        if let Ok(ips) = member.client(BACKEND).egress_ips().await {
-            break ips;
-        }
-        assert!(Instant::now() < deadline, "the member did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let member = &*member;
+    let again = eventually(
+        "the restarted member answers egress-ips",
+        Duration::from_secs(30),
+        || async {
+            match member.client(BACKEND).egress_ips().await {
+                Ok(ips) => Check::Ready(ips),
+                Err(err) => Check::NotYet(err),
+            }
+        },
+    )
+    .await;
     assert_eq!(serde_json::to_value(&again).unwrap(), published);
 }
