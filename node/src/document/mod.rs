@@ -13,5 +13,6 @@
 
 pub mod actor;
 pub mod analysis;
+pub mod core;
 pub mod graph;
 pub mod outputs;

@@ -6,6 +6,7 @@ use airlock_protocol::{ClientMessage, ErrorCode, ErrorReply, KernelStatus, Role,
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{Broadcast, DocumentActor, Join, Leave, Notice, Request, Shutdown};
+pub use crate::document::core::StopReason;
 
 /// What a session gets when it joins.
 #[derive(Debug)]
@@ -16,46 +17,6 @@ pub struct Joined {
     pub events: broadcast::Receiver<Broadcast>,
     /// Messages for this client only (acknowledgements, refused updates, what it missed).
     pub direct: mpsc::UnboundedReceiver<ServerMessage>,
-}
-
-/// Why the document stopped serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// The node is shutting down.
-    Shutdown,
-    /// No client for the configured idle time: the document was snapshotted and released.
-    Idle,
-    /// The store refused a write: a newer owner holds the document.
-    Moved,
-    /// The document's replica hit a bug in the CRDT library; it must be reloaded.
-    Internal,
-}
-
-impl StopReason {
-    /// The fatal error every client gets.
-    pub fn reply(self) -> ErrorReply {
-        match self {
-            StopReason::Shutdown => {
-                ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down")
-            }
-            StopReason::Idle => ErrorReply::fatal(
-                ErrorCode::Internal,
-                "the document was idle and has been released; ask the coordinator for a new \
-                 session",
-            ),
-            StopReason::Moved => ErrorReply::fatal(
-                ErrorCode::DocumentMoved,
-                "another node now serves this document (its store refused this node's write); \
-                 ask the coordinator for a new session. Edits not yet acknowledged are kept by \
-                 your client and sent again.",
-            ),
-            StopReason::Internal => ErrorReply::fatal(
-                ErrorCode::Internal,
-                "the document's replica failed and must be reloaded; reconnect. Edits not yet \
-                 acknowledged are kept by your client and sent again.",
-            ),
-        }
-    }
 }
 
 /// The document actor is gone.
