@@ -5,8 +5,56 @@ use airlock_protocol::SessionId;
 use airlock_protocol::{ClientMessage, ErrorCode, ErrorReply, KernelStatus, Role, ServerMessage};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{Broadcast, DocumentActor, Join, Leave, Notice, Request, Shutdown};
+use super::{Broadcast, DocumentActor, RunWatcher};
 pub use crate::document::core::StopReason;
+
+// ---- The actor's messages ----
+
+/// A client joins the document.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Joined, ErrorReply>")]
+pub(crate) struct Join {
+    pub user: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leave {
+    pub session: SessionId,
+}
+
+/// A request from a session; the answer (if any) is for that session only.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<ServerMessage>, ErrorReply>")]
+pub(crate) struct Request {
+    pub session: SessionId,
+    pub message: ClientMessage,
+}
+
+/// Stops the document: snapshot, then the kernel.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// A line from the node itself for the code that is running (an egress refusal), shown on its
+/// stderr ([`DocumentCore::handle_notice`](crate::document::core::DocumentCore::handle_notice)).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Notice {
+    pub text: String,
+}
+
+/// Sets who is told which run executes ([`RunWatcher`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WatchRuns(pub RunWatcher);
+
+impl std::fmt::Debug for WatchRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchRuns")
+    }
+}
 
 /// What a session gets when it joins.
 #[derive(Debug)]
@@ -62,8 +110,8 @@ impl DocumentHandle {
 
     /// Calls `watcher` with the run the kernel executes now, and again each time that changes
     /// (egress tags each flow with it).
-    pub fn watch_runs(&self, watcher: super::RunWatcher) {
-        self.addr.do_send(super::WatchRuns(watcher));
+    pub fn watch_runs(&self, watcher: RunWatcher) {
+        self.addr.do_send(WatchRuns(watcher));
     }
 
     /// Stops the document: a snapshot, then the kernel. Returns once both are done.

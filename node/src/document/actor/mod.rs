@@ -21,12 +21,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use airlock_protocol::{ClientMessage, ErrorReply, ServerMessage, SessionId};
+use airlock_protocol::{ErrorReply, ServerMessage, SessionId};
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::warn;
 
-use crate::collab::NotebookError;
 use crate::document::core::{Answer, CommitId, CompactError, DocumentCore, Effect};
 use crate::kernel::{KernelBridge, KernelEvent};
 use crate::store::{
@@ -38,24 +37,14 @@ pub use crate::document::core::{
     Broadcast, Event, MAX_CLIENT_UPDATE, MAX_CLIENT_UPDATE_ELEMENTS, RunOrigin,
 };
 pub use handle::{DocumentGone, DocumentHandle, Joined, StopReason};
-pub use open::{LoadedDocument, load, open};
+use handle::{Join, Leave, Notice, Request, Shutdown, WatchRuns};
+pub use open::{LoadedDocument, OpenError, load, open};
 
 /// How many events a slow client may fall behind before it is disconnected.
 pub const BROADCAST_CAPACITY: usize = 4096;
 
 /// How many requests may wait in the actor's mailbox before senders wait.
 const MAILBOX_CAPACITY: usize = 4096;
-
-/// Why a document could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("document store: {0}")]
-    Store(#[from] StoreError),
-    #[error("the stored document does not load: {0}; restore it from a backup of the store")]
-    Corrupt(#[source] NotebookError),
-    #[error("could not start the document's thread: {0}")]
-    Thread(#[source] std::io::Error),
-}
 
 /// Told each time the executing run changes (`None`: nothing runs).
 pub type RunWatcher = Arc<dyn Fn(Option<RunOrigin>) + Send + Sync>;
@@ -145,54 +134,6 @@ impl Actor for DocumentActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.core.stop_reason().unwrap_or(StopReason::Shutdown);
         let _ = self.stopped_tx.send(Some(reason));
-    }
-}
-
-// ---- Messages ---------------------------------------------------------------------------------
-
-/// A client joins the document.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Joined, ErrorReply>")]
-pub(crate) struct Join {
-    pub user: String,
-    pub role: airlock_protocol::Role,
-}
-
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Leave {
-    pub session: SessionId,
-}
-
-/// A request from a session; the answer (if any) is for that session only.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Option<ServerMessage>, ErrorReply>")]
-pub(crate) struct Request {
-    pub session: SessionId,
-    pub message: ClientMessage,
-}
-
-/// Stops the document: snapshot, then the kernel.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Shutdown;
-
-/// A line from the node itself for the code that is running (an egress refusal), shown on its
-/// stderr ([`DocumentCore::handle_notice`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Notice {
-    pub text: String,
-}
-
-/// Sets who is told which run executes ([`RunWatcher`]).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WatchRuns(pub RunWatcher);
-
-impl std::fmt::Debug for WatchRuns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WatchRuns")
     }
 }
 

@@ -6,16 +6,28 @@ use airlock_protocol::CellOutputs as WireCellOutputs;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{DocumentActor, DocumentHandle, OpenError, handle};
+use super::{DocumentActor, DocumentHandle, handle};
 use crate::collab::Notebook;
+use crate::collab::NotebookError;
 use crate::collab::ipynb::{CellOutputs, OutputsByCell};
 use crate::document::core::{self, CoreConfig, DocumentCore, MODE_KEY, StoredDocument};
 use crate::document::graph::{CellGraph, ExecutionMode};
 use crate::kernel::{KernelBridge, KernelEvent};
 use crate::store::{
     DocumentId, DocumentStore, Epoch as StoreEpoch, GroupCommitConfig, GroupCommitter,
-    ObjectDocumentStore, Seq,
+    ObjectDocumentStore, Seq, StoreError,
 };
+
+/// Why a document could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("document store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the stored document does not load: {0}; restore it from a backup of the store")]
+    Corrupt(#[source] NotebookError),
+    #[error("could not start the document's thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
 /// A document read from its store, ready to be served.
 #[derive(Debug)]
