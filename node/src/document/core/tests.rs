@@ -20,6 +20,7 @@ use super::*;
 use crate::collab::Notebook;
 use crate::document::analysis::CellKind;
 use crate::document::graph::{CellGraph, ExecutionMode};
+use crate::document::outputs;
 use crate::store::{CommitError, DocumentId, Epoch as StoreEpoch, Seq, StoreError};
 
 /// A driver for tests: carries out effects into logs, leaves commits for the test to answer.
