@@ -38,6 +38,9 @@ struct Harness {
     puts: Vec<(CellId, Bytes)>,
     compactions: Vec<Seq>,
     restarts: usize,
+    /// Whether a restart's answer reaches the core before the kernel's events about it (the
+    /// actor may see either first).
+    restart_answer_first: bool,
     stops: Vec<(StopReason, Option<Bytes>)>,
     timers: Vec<(Instant, Timer)>,
     run_changes: Vec<Option<RunOrigin>>,
@@ -95,6 +98,7 @@ impl Harness {
             puts: Vec::new(),
             compactions: Vec::new(),
             restarts: 0,
+            restart_answer_first: false,
             stops: Vec::new(),
             timers: Vec::new(),
             run_changes: Vec::new(),
@@ -122,8 +126,13 @@ impl Harness {
                     Effect::RestartKernel => {
                         self.restarts += 1;
                         let result = self.kernel.restart();
-                        self.deliver();
-                        self.core.handle_restart_finished(self.now, result);
+                        if self.restart_answer_first {
+                            self.core.handle_restart_finished(self.now, result);
+                            self.deliver();
+                        } else {
+                            self.deliver();
+                            self.core.handle_restart_finished(self.now, result);
+                        }
                     }
                     Effect::RunChanged(origin) => self.run_changes.push(origin),
                     Effect::SetTimer { at, timer } => self.timers.push((at, timer)),
@@ -217,7 +226,12 @@ impl Harness {
 
     /// Answers the oldest pending commit.
     fn commit_next(&mut self, result: Result<(), CommitError>) -> Option<CommitId> {
-        let (commit, updates) = self.commits.pop_front()?;
+        self.commit_at(0, result)
+    }
+
+    /// Answers the pending commit at `index` (commits may finish out of order).
+    fn commit_at(&mut self, index: usize, result: Result<(), CommitError>) -> Option<CommitId> {
+        let (commit, updates) = self.commits.remove(index)?;
         let result = result.map(|()| {
             updates
                 .iter()
@@ -789,6 +803,10 @@ struct Ledger {
     /// Broadcasts already checked.
     seen: usize,
     queued: HashSet<RunId>,
+    /// Runs of a cell (not ad-hoc code), and those of them an interrupt, restart or death
+    /// cancelled: none of their outputs may be shown from then on.
+    cell_runs: HashSet<RunId>,
+    cancelled: HashSet<RunId>,
     done: HashSet<RunId>,
     /// Client updates by commit: (session, seq).
     updates: HashMap<CommitId, (SessionId, u64)>,
@@ -800,15 +818,26 @@ struct Ledger {
 }
 
 const CELLS: [&str; 4] = ["a", "b", "c", "d"];
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     "x = 1",
     "y = x + 1",
     "z = y * 2",
     "print(x)",
     "x = 7",
     "w = z",
+    "del y",
 ];
 
+/// One of the notebook's cells now, if it has any.
+fn some_cell(h: &Harness, rng: &mut StdRng) -> Option<String> {
+    let cells = h.core.notebook.cells();
+    (!cells.is_empty()).then(|| cells[rng.gen_range(0..cells.len())].id.clone())
+}
+
+/// A random session of `steps` steps from `seed`: clients join and leave, edit (by update and
+/// by request, cells inserted, deleted and moved too), run cells and code, interrupt and
+/// restart; the kernel finishes runs, prints late and dies; commits succeed, fail or are fenced,
+/// in any order; time passes. Every rule is checked after every step.
 fn random_session(seed: u64, steps: usize) -> Coverage {
     let mut rng = StdRng::seed_from_u64(seed);
     let small = OutputLimits {
@@ -827,29 +856,18 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
         sessions.push((s, role));
     }
     for step in 0..steps {
-        // Weighted: edits, runs, finished runs and commits are what most steps are.
-        let action = match rng.gen_range(0..100) {
-            0..=3 => 0,    // join
-            4..=6 => 1,    // leave
-            7..=21 => 2,   // a client's update
-            22..=31 => 4,  // run a cell
-            32..=36 => 5,  // ad-hoc code
-            37..=42 => 6,  // an edit request
-            43..=45 => 7,  // interrupt
-            46..=47 => 8,  // restart
-            48..=65 => 9,  // the kernel finishes a run
-            66..=67 => 11, // the kernel dies
-            68..=71 => 12, // a late output
-            72..=91 => 13, // a commit finishes
-            92..=95 => 14, // time passes
-            _ => 15,       // a notice from the node
-        };
+        h.restart_answer_first = rng.gen_bool(0.5);
         let session = (!sessions.is_empty()).then(|| sessions[rng.gen_range(0..sessions.len())]);
         let commits_before = h.commits_asked.len();
         let queued_before = h.queued().len();
-        let mut was_update = false;
-        match (action, session) {
-            (0, _) if sessions.len() < 5 => {
+        let executed_before = h.kernel.executed().len();
+        // Cell runs not yet done: an interrupt, restart or death cancels them.
+        let open_cell_runs: Vec<RunId> =
+            ledger.cell_runs.difference(&ledger.done).copied().collect();
+        let mut client_update = None;
+        // Weighted: edits, runs, finished runs and commits are what most steps are.
+        match (rng.gen_range(0..100), session) {
+            (0..=3, _) if sessions.len() < 5 => {
                 let role = if rng.gen_bool(0.3) {
                     Role::Viewer
                 } else {
@@ -860,42 +878,98 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
                 }
                 h.settle();
             }
-            (1, Some((s, _))) => {
+            (4..=6, Some((s, _))) => {
                 sessions.retain(|(other, _)| *other != s);
                 h.core.handle_leave(h.now, s);
                 h.settle();
             }
-            (2, Some((s, _))) => {
-                let cell = CELLS[rng.gen_range(0..CELLS.len())];
+            (7..=20, Some((s, role))) => {
+                let Some(cell) = some_cell(&h, &mut rng) else {
+                    continue;
+                };
                 let source = SOURCES[rng.gen_range(0..SOURCES.len())];
-                let update = h.client_edit(cell, source);
+                let update = if rng.gen_bool(0.05) {
+                    vec![0xff, 0x00, 0x13]
+                } else {
+                    h.client_edit(&cell, source)
+                };
                 let seq = next_seq;
                 next_seq += 1;
                 h.update(s, seq, update);
-                was_update = true;
+                client_update = Some((s, role, seq));
                 if let Some(&commit) = h.commits_asked.get(commits_before) {
                     ledger.updates.insert(commit, (s, seq));
                 }
             }
-            (4, Some((s, _))) => {
-                let cell = CELLS[rng.gen_range(0..CELLS.len())];
-                h.run(s, &[cell]);
+            (21..=30, Some((s, _))) => {
+                if let Some(cell) = some_cell(&h, &mut rng) {
+                    h.run(s, &[cell.as_str()]);
+                }
             }
-            (5, Some((s, _))) => {
+            (31..=33, Some((s, _))) => {
                 h.execute(s, "print('adhoc')");
             }
-            (6, Some((s, _))) => {
-                let cell = CELLS[rng.gen_range(0..CELLS.len())];
-                let source = SOURCES[rng.gen_range(0..SOURCES.len())];
-                h.set_source(s, cell, source, rng.gen_bool(0.5));
+            (34..=39, Some((s, _))) => {
+                let edit = match rng.gen_range(0..6) {
+                    0 => CellEdit::Insert {
+                        index: rng.gen_range(0..6),
+                        cell: Some(format!("n{step}")),
+                        kind: airlock_protocol::CellKind::Code,
+                        source: SOURCES[rng.gen_range(0..SOURCES.len())].to_owned(),
+                    },
+                    1 => match some_cell(&h, &mut rng) {
+                        Some(cell) => CellEdit::Delete { cell },
+                        None => continue,
+                    },
+                    2 => match some_cell(&h, &mut rng) {
+                        Some(cell) => CellEdit::Move {
+                            cell,
+                            to: rng.gen_range(0..5),
+                        },
+                        None => continue,
+                    },
+                    _ => match some_cell(&h, &mut rng) {
+                        Some(cell) => CellEdit::SetSource {
+                            cell,
+                            source: SOURCES[rng.gen_range(0..SOURCES.len())].to_owned(),
+                        },
+                        None => continue,
+                    },
+                };
+                h.request(
+                    s,
+                    ClientMessage::EditCells(EditCells {
+                        client_ref: 11,
+                        edits: vec![edit],
+                        run: rng.gen_bool(0.5),
+                    }),
+                );
             }
-            (7, Some((s, _))) => {
-                h.request(s, ClientMessage::Interrupt);
+            (40..=42, Some((s, _))) => {
+                if let Answer::Now(Ok(_)) = h.request(s, ClientMessage::Interrupt) {
+                    ledger.cancelled.extend(open_cell_runs);
+                }
             }
-            (8, Some((s, _))) => {
-                h.request(s, ClientMessage::Restart);
+            (43..=44, Some((s, _))) => {
+                if let Answer::Now(Ok(_)) = h.request(s, ClientMessage::Restart) {
+                    ledger.cancelled.extend(open_cell_runs);
+                }
             }
-            (9, _) => {
+            (45, Some((s, _))) => {
+                let mode = if rng.gen_bool(0.5) {
+                    airlock_protocol::ExecutionMode::Lazy
+                } else {
+                    airlock_protocol::ExecutionMode::Reactive
+                };
+                h.request(
+                    s,
+                    ClientMessage::SetMode {
+                        client_ref: 13,
+                        mode,
+                    },
+                );
+            }
+            (46..=63, _) => {
                 let outputs: Vec<Output> = (0..rng.gen_range(0..4))
                     .map(|_| stream(&"o".repeat(rng.gen_range(1..5_000))))
                     .collect();
@@ -906,11 +980,12 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
                 };
                 h.finish_next(outputs, status);
             }
-            (11, _) => {
+            (64..=65, _) => {
                 h.kernel.die(DeathCause::Exited { code: 1 });
                 h.settle();
+                ledger.cancelled.extend(open_cell_runs);
             }
-            (12, _) => {
+            (66..=69, _) => {
                 let queued = h.queued();
                 if !queued.is_empty() {
                     let run = queued[rng.gen_range(0..queued.len())];
@@ -918,13 +993,18 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
                     h.settle();
                 }
             }
-            (13, _) => {
+            (70..=90, _) if !h.commits.is_empty() => {
                 let result = match rng.gen_range(0..60) {
                     0 => Err(fenced()),
                     1..=6 => Err(store_failure()),
                     _ => Ok(()),
                 };
-                if let Some(&(commit, _)) = h.commits.front()
+                let index = if rng.gen_bool(0.8) {
+                    0
+                } else {
+                    rng.gen_range(0..h.commits.len())
+                };
+                if let Some(&(commit, _)) = h.commits.get(index)
                     && let Some(&update) = ledger.updates.get(&commit)
                 {
                     if result.is_ok() {
@@ -933,26 +1013,43 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
                         ledger.failed.insert(update);
                     }
                 }
-                h.commit_next(result);
+                h.commit_at(index, result);
             }
-            (14, _) => {
+            (91..=95, _) => {
                 h.now += Duration::from_secs(rng.gen_range(1..20));
                 h.core.handle_tick(h.now);
                 h.settle();
             }
-            (15, _) => {
+            (96..=99, _) => {
                 h.core
                     .handle_notice(h.now, "[airlock egress] denied\n".to_owned());
                 h.settle();
             }
             _ => {}
         }
-        if was_update {
+        if let Some((s, role, seq)) = client_update {
             assert_eq!(
                 h.queued().len(),
                 queued_before,
                 "step {step}: an update queued a run"
             );
+            let ran: Vec<_> = h.kernel.executed()[executed_before..].to_vec();
+            assert!(
+                ran.iter().all(|run| !run.store_history),
+                "step {step}: an update ran code: {ran:?}"
+            );
+            if role == Role::Viewer && h.stops.is_empty() {
+                assert_eq!(
+                    h.commits_asked.len(),
+                    commits_before,
+                    "step {step}: a viewer edited"
+                );
+                let refused = h.direct.iter().rev().find(|(to, _)| *to == s);
+                assert!(
+                    matches!(refused, Some((_, ServerMessage::Ack(ack))) if ack.seq == seq && ack.refused.is_some()),
+                    "step {step}: a viewer's update was not refused"
+                );
+            }
         }
         check(&h, &mut ledger, step);
     }
@@ -967,6 +1064,7 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
     assert_eq!(ledger.queued, ledger.done, "every queued run ended");
     Coverage {
         runs: ledger.queued.len(),
+        cancelled: ledger.cancelled.len(),
         acks: ledger.acked.len(),
         failed_commits: ledger.failed.len(),
         moved: ledger.moved_at.is_some(),
@@ -982,6 +1080,7 @@ fn random_session(seed: u64, steps: usize) -> Coverage {
 #[derive(Debug, Default)]
 struct Coverage {
     runs: usize,
+    cancelled: usize,
     acks: usize,
     failed_commits: usize,
     moved: bool,
@@ -999,6 +1098,9 @@ fn check(h: &Harness, ledger: &mut Ledger, step: usize) {
                     "step {step}: a run queued after the move"
                 );
                 assert!(ledger.queued.insert(q.run), "step {step}: queued twice");
+                if q.cell.is_some() {
+                    ledger.cell_runs.insert(q.run);
+                }
             }
             ServerMessage::Done(d) => {
                 assert!(
@@ -1019,6 +1121,11 @@ fn check(h: &Harness, ledger: &mut Ledger, step: usize) {
                 assert!(
                     !ledger.done.contains(&o.run),
                     "step {step}: output after done"
+                );
+                assert!(
+                    !ledger.cancelled.contains(&o.run),
+                    "step {step}: an output of cancelled run {:?}",
+                    o.run
                 );
                 assert!(
                     outputs::json_size(&o.output) <= h.core.output_limits.per_output,
@@ -1074,8 +1181,13 @@ fn check(h: &Harness, ledger: &mut Ledger, step: usize) {
             "step {step}: moved but not stopped"
         );
     }
-    if let Some((StopReason::Idle, _)) = h.stops.first() {
+    if let Some((StopReason::Idle, snapshot)) = h.stops.first() {
         assert_eq!(h.core.session_count(), 0, "step {step}: idle with a client");
+        assert!(
+            h.core.current.is_none(),
+            "step {step}: idle with a cell running"
+        );
+        assert!(snapshot.is_some(), "step {step}: idle without a snapshot");
     }
 }
 
@@ -1095,6 +1207,7 @@ fn random_sessions_keep_every_rule() {
         match outcome {
             Ok(seen) => {
                 total.runs += seen.runs;
+                total.cancelled += seen.cancelled;
                 total.acks += seen.acks;
                 total.failed_commits += seen.failed_commits;
                 total.restarts += seen.restarts;
@@ -1113,6 +1226,7 @@ fn random_sessions_keep_every_rule() {
     eprintln!("random sessions: {total:?}; moved {moved}, idle {idle}");
     // The sessions must have gone through what the rules are about, or they prove little.
     assert!(total.runs > 1000, "{total:?}");
+    assert!(total.cancelled > 200, "{total:?}");
     assert!(total.acks > 500, "{total:?}");
     assert!(total.failed_commits > 50, "{total:?}");
     assert!(total.restarts > 50, "{total:?}");
