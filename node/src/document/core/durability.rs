@@ -22,6 +22,7 @@ pub(super) enum Gated {
 }
 
 impl<K: Kernel> DocumentCore<K> {
+    /// Asks for `updates` to be made durable; `gated` waits for the answer.
     pub(super) fn commit(&mut self, updates: Vec<Bytes>, gated: Gated) -> CommitId {
         let commit = CommitId(self.next_commit);
         self.next_commit += 1;
@@ -30,6 +31,7 @@ impl<K: Kernel> DocumentCore<K> {
         commit
     }
 
+    /// Appends the store acknowledged, towards the next compaction.
     pub(super) fn count_appends(&mut self, seqs: &[Seq]) {
         for seq in seqs {
             self.last_seq = self.last_seq.max(*seq);

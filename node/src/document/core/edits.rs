@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::collab::NotebookError;
 use crate::collab::ipynb::{self, ImportLimits};
-use crate::collab::validate::{self};
+use crate::collab::validate;
 use crate::document::graph::ExecutionMode;
 use crate::document::outputs::trim_stored;
 use crate::store::CellId;
