@@ -109,3 +109,16 @@ pub enum KernelEvent {
         execution_count: Option<u32>,
     },
 }
+
+/// The document core drives the bridge through its two synchronous commands.
+impl crate::document::core::Kernel for KernelBridge {
+    type Error = KernelError;
+
+    fn execute(&self, run: RunId, code: &str, store_history: bool) -> Result<(), KernelError> {
+        KernelBridge::execute(self, run, code, store_history)
+    }
+
+    fn interrupt(&self) -> Result<(), KernelError> {
+        KernelBridge::interrupt(self)
+    }
+}

@@ -5,7 +5,56 @@ use airlock_protocol::SessionId;
 use airlock_protocol::{ClientMessage, ErrorCode, ErrorReply, KernelStatus, Role, ServerMessage};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{Broadcast, DocumentActor, Join, Leave, Notice, Request, Shutdown};
+use super::{Broadcast, DocumentActor, RunWatcher};
+pub use crate::document::core::StopReason;
+
+// ---- The actor's messages ----
+
+/// A client joins the document.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Joined, ErrorReply>")]
+pub(crate) struct Join {
+    pub user: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leave {
+    pub session: SessionId,
+}
+
+/// A request from a session; the answer (if any) is for that session only.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<ServerMessage>, ErrorReply>")]
+pub(crate) struct Request {
+    pub session: SessionId,
+    pub message: ClientMessage,
+}
+
+/// Stops the document: snapshot, then the kernel.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// A line from the node itself for the code that is running (an egress refusal), shown on its
+/// stderr ([`DocumentCore::handle_notice`](crate::document::core::DocumentCore::handle_notice)).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Notice {
+    pub text: String,
+}
+
+/// Sets who is told which run executes ([`RunWatcher`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WatchRuns(pub RunWatcher);
+
+impl std::fmt::Debug for WatchRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchRuns")
+    }
+}
 
 /// What a session gets when it joins.
 #[derive(Debug)]
@@ -16,46 +65,6 @@ pub struct Joined {
     pub events: broadcast::Receiver<Broadcast>,
     /// Messages for this client only (acknowledgements, refused updates, what it missed).
     pub direct: mpsc::UnboundedReceiver<ServerMessage>,
-}
-
-/// Why the document stopped serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// The node is shutting down.
-    Shutdown,
-    /// No client for the configured idle time: the document was snapshotted and released.
-    Idle,
-    /// The store refused a write: a newer owner holds the document.
-    Moved,
-    /// The document's replica hit a bug in the CRDT library; it must be reloaded.
-    Internal,
-}
-
-impl StopReason {
-    /// The fatal error every client gets.
-    pub fn reply(self) -> ErrorReply {
-        match self {
-            StopReason::Shutdown => {
-                ErrorReply::fatal(ErrorCode::Internal, "the node is shutting down")
-            }
-            StopReason::Idle => ErrorReply::fatal(
-                ErrorCode::Internal,
-                "the document was idle and has been released; ask the coordinator for a new \
-                 session",
-            ),
-            StopReason::Moved => ErrorReply::fatal(
-                ErrorCode::DocumentMoved,
-                "another node now serves this document (its store refused this node's write); \
-                 ask the coordinator for a new session. Edits not yet acknowledged are kept by \
-                 your client and sent again.",
-            ),
-            StopReason::Internal => ErrorReply::fatal(
-                ErrorCode::Internal,
-                "the document's replica failed and must be reloaded; reconnect. Edits not yet \
-                 acknowledged are kept by your client and sent again.",
-            ),
-        }
-    }
 }
 
 /// The document actor is gone.
@@ -101,8 +110,8 @@ impl DocumentHandle {
 
     /// Calls `watcher` with the run the kernel executes now, and again each time that changes
     /// (egress tags each flow with it).
-    pub fn watch_runs(&self, watcher: super::RunWatcher) {
-        self.addr.do_send(super::WatchRuns(watcher));
+    pub fn watch_runs(&self, watcher: RunWatcher) {
+        self.addr.do_send(WatchRuns(watcher));
     }
 
     /// Stops the document: a snapshot, then the kernel. Returns once both are done.

@@ -1,7 +1,7 @@
 //! Keeping the cell graph in step with the notebook, and the graph's types in wire form.
 //!
 //! The notebook (the CRDT) is the truth about which cells exist, in which order, with which
-//! source; the graph follows it. After every change the actor calls [`sync_changes`] (or
+//! source; the graph follows it. After every change the core calls [`sync_changes`] (or
 //! [`sync_all`]), which turns the difference into graph edits: deletions first, then insertions
 //! and moves in document order, then source changes.
 

@@ -2,7 +2,7 @@
 //!
 //! The kernel holds its HMAC key, so it can forge any number of `status` messages; each flip
 //! would otherwise be one broadcast to every client and one slot of the broadcast ring. The
-//! actor still acts on every flip at once (that is what starts the next queued run); only the
+//! core still acts on every flip at once (that is what starts the next queued run); only the
 //! broadcast is gated: at most one busy/idle flip per [`MIN_GAP`], and the last state held back
 //! is sent when the gap has passed, so clients always end on the true state. What the node
 //! itself decides (starting, restarting, dead) is never held: the kernel cannot forge it, and
