@@ -419,7 +419,7 @@ async fn three_coordinators_fail_over_and_never_double_allocate() {
             // one every fourth time (which takes a warm task) for the first dozen claims. On a
             // loaded machine a new task can take as long to start as the claims take to use one;
             // the upgrade must then end once new documents stop arriving, not outrun them.
-            let doc = if n % 4 == 0 && n < NEW_DOCUMENTS_DURING_UPGRADE * 4 {
+            let doc = if n.is_multiple_of(4) && n < NEW_DOCUMENTS_DURING_UPGRADE * 4 {
                 format!("upgrade-{n}")
             } else {
                 format!("burst-{}", n % 6)
