@@ -54,12 +54,8 @@ impl Drop for Member {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if airlock_test_kit::exited_within(&mut child, Duration::from_secs(15)) {
+                return;
             }
             let _ = child.kill();
             let _ = child.wait();

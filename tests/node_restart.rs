@@ -6,12 +6,13 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, Target, Trust};
 use airlock_node::collab::{CellKind, Notebook};
 use airlock_protocol::token::{self, Claims, Role};
 use airlock_protocol::{CellEdit, ErrorCode, ServerMessage};
+use airlock_test_kit::{Check, eventually_blocking};
 use ed25519_dalek::SigningKey;
 
 const DOC: &str = "survivor";
@@ -52,20 +53,17 @@ fn start_node(dir: &Path, store: &Path, epoch: u64) -> NodeProcess {
         .stderr(Stdio::null())
         .spawn()
         .expect("airlock node starts");
-    let deadline = Instant::now() + WAIT;
-    let info: serde_json::Value = loop {
-        if let Some(info) = std::fs::read(&connect)
+    let info: serde_json::Value = eventually_blocking(
+        &format!("node {epoch} writes its connect file"),
+        WAIT,
+        || match std::fs::read(&connect)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         {
-            break info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {epoch} wrote no connect file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            Some(info) => Check::Ready(info),
+            None => Check::NotYet(connect.display().to_string()),
+        },
+    );
     NodeProcess {
         child,
         epoch,
@@ -203,14 +201,12 @@ async fn acknowledged_edits_survive_sigkill_and_a_stale_node_stops() {
         "{}",
         refusal.message
     );
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = second.child.try_wait().unwrap() {
-            break status;
+    let status = eventually_blocking("the fenced node exits", WAIT, || {
+        match second.child.try_wait().unwrap() {
+            Some(status) => Check::Ready(status),
+            None => Check::NotYet("still running"),
         }
-        assert!(Instant::now() < deadline, "the fenced node kept running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_eq!(status.code(), Some(4), "a fenced node exits with status 4");
 
     // The refused edit was never acknowledged; sent again to the new owner, it lands.

@@ -22,6 +22,7 @@ use airlock_egress::frame::ReplyStatus;
 use airlock_egress::tunnel::{
     Destination, LookupAnswer, LookupError, OpenFlowError, TunnelClient, TunnelClientConfig,
 };
+use airlock_test_kit::{eventually, ready_if};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -228,27 +229,26 @@ async fn socks5_and_connect_reach_servers_by_name_from_the_tenants_static_addres
     assert_eq!(record.source.unwrap().ip().to_string(), "127.0.0.3");
 
     // The audit file holds the same records as JSON lines.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        if lines.len() >= 2 {
-            assert_eq!(lines[0]["verdict"], "allow");
-            assert!(lines.iter().any(
-                |line| line["source"] == format!("127.0.0.3:{}", record.source.unwrap().port())
-            ));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "audit file has {} lines",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lines = eventually(
+        "two records in the audit file",
+        Duration::from_secs(10),
+        || async {
+            let text = std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            let count = lines.len();
+            ready_if(count >= 2, lines, count)
+        },
+    )
+    .await;
+    assert_eq!(lines[0]["verdict"], "allow");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["source"] == format!("127.0.0.3:{}", record.source.unwrap().port()))
+    );
 }
 
 #[tokio::test]

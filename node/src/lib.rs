@@ -15,6 +15,8 @@
 //! - [`egress`]: a jailed kernel's only way out — its namespace's TCP and DNS carried by the node
 //!   into the gateway's tunnel.
 //! - [`tls`]: the node's certificate (self-signed with a printed fingerprint, or from files).
+//! - [`task`]: a task of the coordinators' warm pool: the node's side of the control protocol
+//!   ([`task::run_task`]: ready, heartbeats, the assignment, the release).
 //!
 //! [`start`] assembles them; [`RunningNode::shutdown`] takes them apart again, leaving no
 //! kernel process and no socket file behind.
@@ -30,6 +32,7 @@ pub mod log_budget;
 pub mod quic;
 pub mod session;
 pub mod store;
+pub mod task;
 pub mod tls;
 pub mod websocket;
 

@@ -1,7 +1,7 @@
 //! The control protocol between a kernel task's node and the coordinators (HTTP/JSON).
 //!
 //! A node started by a driver knows its task id, the coordinator's URL and a per-task bearer
-//! secret (`AIRLOCK_TASK_TOKEN`). It warms up (endpoints bound, kernel started), then:
+//! secret (in the environment variable [`TASK_TOKEN_ENV`], never on its command line). It warms up (endpoints bound, kernel started), then:
 //!
 //! 1. `POST /v1/tasks/{task}/ready` with [`TaskReady`]: the task joins the warm pool.
 //! 2. `POST /v1/tasks/{task}/heartbeat` every [`HeartbeatReply::interval_ms`]: the answer says how
@@ -16,6 +16,9 @@
 //! answers; followers forward what needs the leader.
 
 use serde::{Deserialize, Serialize};
+
+/// The environment variable a driver passes a task's secret in.
+pub const TASK_TOKEN_ENV: &str = "AIRLOCK_TASK_TOKEN";
 
 /// The node is ready to serve.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,6 @@ mod notebook;
 mod python;
 mod render;
 mod status;
-mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,11 +29,36 @@ pub struct Cli {
     /// Print debug logs (or set AIRLOCK_LOG, e.g. AIRLOCK_LOG=airlock_node=debug).
     #[arg(long, short, global = true)]
     verbose: bool,
+    /// Worker threads of the async runtime [default: 2 for `node` (it sits beside its kernel),
+    /// one per core for `coordinator`, `egress`, `dev` and `demo`, 1 for the client commands].
+    #[arg(long, global = true, value_name = "N", env = "AIRLOCK_THREADS")]
+    threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
 
 impl Cli {
+    /// How many worker threads this command's runtime gets (`--threads`, else its default).
+    pub fn worker_threads(&self) -> usize {
+        if let Some(threads) = self.threads {
+            return threads.get();
+        }
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        match self.command {
+            // A node shares its machine (and its tier's CPU) with the kernel it serves.
+            Command::Node(_) => 2,
+            Command::Coordinator(_) | Command::Egress(_) | Command::Dev(_) | Command::Demo(_) => {
+                cores
+            }
+            Command::Status(_)
+            | Command::Exec(_)
+            | Command::Notebook(_)
+            | Command::Token(_)
+            | Command::Keygen(_)
+            | Command::Python(_) => 1,
+        }
+    }
+
     pub fn default_log_filter(&self) -> &'static str {
         if self.verbose {
             "debug,quinn=info,rustls=info,zeromq=info,tokio_tungstenite=info,tungstenite=info"

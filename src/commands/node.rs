@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use airlock_node::document::actor::StopReason;
 use airlock_node::kernel::KernelConfig;
+use airlock_node::task::{TaskConfig, TaskEnd};
 use airlock_node::tls::TlsSource;
 use airlock_node::{Assignment, RunningNode, WarmConfig};
 use airlock_protocol::FrameLimit;
 use airlock_protocol::codec::DEFAULT_MAX_FRAME_LEN;
-use airlock_protocol::control::{TaskReady, TaskReleased};
+use airlock_protocol::control::TASK_TOKEN_ENV;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::task::TaskAgent;
 use super::{EgressArgs, JailArgs, KernelSendArgs, PythonArgs};
 
 #[derive(Debug, clap::Args)]
@@ -195,7 +195,7 @@ async fn run_standalone(args: &Args, warm: WarmConfig) -> anyhow::Result<ExitCod
         })
         .await?;
     announce(&node, &doc, args.connect_file.as_deref())?;
-    let (code, _) = serve_until_stopped(&node).await;
+    let code = serve_until_stopped(&node).await;
     node.shutdown().await;
     if let Some(path) = &args.connect_file {
         let _ = std::fs::remove_file(path);
@@ -204,89 +204,54 @@ async fn run_standalone(args: &Args, warm: WarmConfig) -> anyhow::Result<ExitCod
 }
 
 /// Waits for a signal or for the document to stop by itself; says which.
-async fn serve_until_stopped(node: &RunningNode) -> (ExitCode, &'static str) {
+async fn serve_until_stopped(node: &RunningNode) -> ExitCode {
     tokio::select! {
         () = super::wait_for_signal() => {
             eprintln!("shutting down: closing clients and stopping the kernel");
-            (ExitCode::SUCCESS, "shutdown")
+            ExitCode::SUCCESS
         }
         reason = node.stopped() => {
             eprintln!("{}", reason.reply().message);
-            match reason {
-                StopReason::Idle => (ExitCode::SUCCESS, "idle"),
-                StopReason::Moved => (ExitCode::from(4), "moved"),
-                StopReason::Shutdown => (ExitCode::SUCCESS, "shutdown"),
-                StopReason::Internal => (ExitCode::from(4), "failed"),
-            }
+            exit_code(reason)
         }
     }
 }
 
-/// A task of the warm pool: warm up, report ready, wait for a document, serve it, release it.
+/// A node whose document stopped by itself exits 0 if it went idle or was shut down, and 4 if
+/// it was moved to a newer owner or failed.
+fn exit_code(reason: StopReason) -> ExitCode {
+    match reason {
+        StopReason::Idle | StopReason::Shutdown => ExitCode::SUCCESS,
+        StopReason::Moved | StopReason::Internal => ExitCode::from(4),
+    }
+}
+
+/// A task of the warm pool ([`airlock_node::task::run_task`]), until a signal or until its
+/// document stops by itself.
 async fn run_task(
     args: &Args,
     task: &str,
     coordinator: &str,
     warm: WarmConfig,
 ) -> anyhow::Result<ExitCode> {
-    let secret = std::env::var("AIRLOCK_TASK_TOKEN")
-        .context("a task needs its secret in AIRLOCK_TASK_TOKEN (the driver sets it)")?;
-    let agent = TaskAgent::new(coordinator, task, secret)?;
-    let node = airlock_node::warm(warm).await?;
-    let ready = TaskReady {
-        quic: node.quic_addr.map(|addr| addr.to_string()),
-        websocket: node
-            .ws_addr
-            .map(|addr| format!("ws://{addr}{}", airlock_node::websocket::PATH)),
-        fingerprint: node.fingerprint.clone(),
+    let secret = std::env::var(TASK_TOKEN_ENV).with_context(|| {
+        format!("a task needs its secret in {TASK_TOKEN_ENV} (the driver sets it)")
+    })?;
+    let config = TaskConfig {
+        task: task.to_owned(),
+        coordinators: coordinator.to_owned(),
+        secret,
         runtime_version: args.runtime_version.clone(),
+        idle_timeout: Duration::from_secs(args.idle_timeout.unwrap_or(600)),
     };
-    let lease = agent.ready(&ready).await?;
-    tracing::info!(task, coordinator, "warm; waiting for a document");
-    let heartbeats = tokio::spawn(agent.clone().keep_lease(lease));
-    let assignment = loop {
-        tokio::select! {
-            () = super::wait_for_signal() => {
-                heartbeats.abort();
-                node.retire().await;
-                return Ok(ExitCode::SUCCESS);
-            }
-            polled = agent.assignment() => match polled {
-                Ok(Some(assignment)) => break assignment,
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!("waiting for a document: {err:#}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            },
+    let end = airlock_node::task::run_task(config, warm, super::wait_for_signal()).await?;
+    Ok(match end {
+        TaskEnd::Retired | TaskEnd::Shutdown => ExitCode::SUCCESS,
+        TaskEnd::Stopped(reason) => {
+            eprintln!("{}", reason.reply().message);
+            exit_code(reason)
         }
-    };
-    let token_key = airlock_protocol::token::verifying_key_from_pem(&assignment.token_public_key)
-        .context("the coordinator sent a token key that does not parse")?;
-    let idle = Duration::from_secs(args.idle_timeout.unwrap_or(600));
-    let node = node
-        .assign(Assignment {
-            document: assignment.document.clone(),
-            epoch: assignment.epoch,
-            token_key,
-            store: assignment.store.clone(),
-            idle_timeout: Some(idle),
-            tenant: assignment.tenant.clone(),
-        })
-        .await?;
-    tracing::info!(task, document = %assignment.document, epoch = assignment.epoch, "serving");
-    let (code, reason) = serve_until_stopped(&node).await;
-    node.shutdown().await;
-    heartbeats.abort();
-    let released = TaskReleased {
-        document: assignment.document,
-        epoch: assignment.epoch,
-        reason: reason.to_owned(),
-    };
-    if let Err(err) = agent.released(&released).await {
-        tracing::warn!("telling the coordinator the document was released: {err:#}");
-    }
-    Ok(code)
+    })
 }
 
 /// Describes how to reach a node, as `--connect-file` stores it.

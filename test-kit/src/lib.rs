@@ -5,6 +5,7 @@
 //!   the patience runs out. Every test that waits for a process, a cluster or a kernel waits
 //!   through these, so a slow machine gets a clear message instead of a hang, and no test
 //!   sleeps a fixed time before asserting.
+//! - [`exited_within`]: a child process's exit, awaited with a deadline (test cleanup).
 #![forbid(unsafe_code)]
 
 use std::fmt::Debug;
@@ -76,6 +77,19 @@ pub fn eventually_blocking<T, S: Debug>(
     }
 }
 
+/// Waits up to `patience` for `child` to exit (after the caller asked it to); whether it did.
+/// Tests' `Drop`s use it before they fall back to killing the process.
+pub fn exited_within(child: &mut std::process::Child, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
 /// [`Check::Ready`] with `value` when `holds`, else [`Check::NotYet`] with `seen`.
 pub fn ready_if<T, S>(holds: bool, value: T, seen: S) -> Check<T, S> {
     if holds {
@@ -108,6 +122,19 @@ mod tests {
             Check::<(), _>::NotYet("the last state")
         })
         .await;
+    }
+
+    #[test]
+    fn a_child_that_exits_is_seen_and_one_that_does_not_is_not() {
+        let mut quick = std::process::Command::new("true").spawn().unwrap();
+        assert!(exited_within(&mut quick, Duration::from_secs(5)));
+        let mut slow = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(!exited_within(&mut slow, Duration::from_millis(50)));
+        slow.kill().unwrap();
+        slow.wait().unwrap();
     }
 
     #[test]

@@ -27,9 +27,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_egress::audit::AuditRecord;
+use airlock_test_kit::{Check, eventually};
 use base64::Engine;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -386,26 +387,22 @@ impl Daemon {
 
     /// Waits until `ready` holds, failing at once if the process exited.
     pub async fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if ready(self) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
+        let waited = format!("{} {what}", self.name);
+        eventually(&waited, WAIT, || {
+            let check = if ready(self) {
+                Check::Ready(())
+            } else if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
                     "{} exited ({status}) before {what}:\n{}",
                     self.name,
                     self.output()
                 );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not {what} within {WAIT:?}:\n{}",
-                self.name,
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            } else {
+                Check::NotYet(self.output())
+            };
+            async move { check }
+        })
+        .await;
     }
 }
 
@@ -415,10 +412,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        airlock_test_kit::exited_within(&mut self.child, Duration::from_secs(10));
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
@@ -616,18 +610,15 @@ impl World {
         what: &str,
         pick: impl Fn(&AuditRecord) -> bool,
     ) -> AuditRecord {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("an audit record for {what}");
+        eventually(&what, Duration::from_secs(10), || async {
             let records = self.audit_records();
-            if let Some(record) = records.iter().find(|r| pick(r)) {
-                return record.clone();
+            match records.iter().find(|r| pick(r)) {
+                Some(record) => Check::Ready(record.clone()),
+                None => Check::NotYet(records),
             }
-            assert!(
-                Instant::now() < deadline,
-                "no audit record for {what}; records: {records:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -31,8 +31,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Driver, DriverError, ExitStatus, StartedTask, TaskExited, TaskSpec, valid_task_id};
 use crate::model::{Region, TaskId, Tier};
 
-/// The environment variable that carries a task's bearer secret to its node.
-pub const TASK_TOKEN_ENV: &str = "AIRLOCK_TASK_TOKEN";
+pub use airlock_protocol::control::TASK_TOKEN_ENV;
 
 /// What the local driver runs for each task.
 #[derive(Debug, Clone, PartialEq, Eq)]
