@@ -42,12 +42,9 @@ use support::peer::peer_number;
 
 const TOKEN: &str = "bench-operator-token-000000000000";
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 fn quick() -> bool {

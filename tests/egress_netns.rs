@@ -385,25 +385,8 @@ impl Cells {
     }
 }
 
-/// Everything a cell showed: streams, results and errors.
 fn text(outputs: &[Output]) -> String {
-    outputs
-        .iter()
-        .map(|output| match output {
-            Output::Stream { text, .. } => text.clone(),
-            Output::ExecuteResult { data, .. } | Output::DisplayData { data, .. } => data
-                .get("text/plain")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            Output::Error {
-                ename,
-                evalue,
-                traceback,
-            } => format!("{ename}: {evalue}\n{}\n", traceback.join("\n")),
-            _ => String::new(),
-        })
-        .collect()
+    Output::text_of(outputs)
 }
 
 fn assert_ok(run: &CellRun) {

@@ -79,36 +79,21 @@ impl ApiClient {
         user: &str,
         role: Role,
     ) -> Result<Session, ApiClientError> {
-        let url = format!("{}/v1/documents/{document}/session", self.base);
         let body = ClaimRequest {
             user: user.to_owned(),
             role,
             tier: None,
             tenant: tenant.map(str::to_owned),
         };
-        let response = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|source| ApiClientError::Unreachable { url, source })?;
-        Self::decode(response).await
+        let path = format!("/v1/documents/{document}/session");
+        self.call(reqwest::Method::POST, &path, Some(&body)).await
     }
 
     /// The region's static egress IP sets (backend or operator token). A tenant absent from
     /// them has no static IPs published.
     pub async fn egress_ips(&self) -> Result<EgressIps, ApiClientError> {
-        let url = format!("{}/v1/egress-ips", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
+        self.call::<(), _>(reqwest::Method::GET, "/v1/egress-ips", None)
             .await
-            .map_err(|source| ApiClientError::Unreachable { url, source })?;
-        Self::decode(response).await
     }
 
     /// Replaces the region's static egress IP sets as a whole (operator token); returns them as
@@ -117,25 +102,29 @@ impl ApiClient {
         &self,
         tenants: BTreeMap<String, Vec<IpAddr>>,
     ) -> Result<EgressIps, ApiClientError> {
-        let url = format!("{}/v1/egress-ips", self.base);
-        let response = self
-            .http
-            .put(&url)
-            .bearer_auth(&self.token)
-            .json(&SetEgressIps { tenants })
-            .send()
+        let body = SetEgressIps { tenants };
+        self.call(reqwest::Method::PUT, "/v1/egress-ips", Some(&body))
             .await
-            .map_err(|source| ApiClientError::Unreachable { url, source })?;
-        Self::decode(response).await
     }
 
     /// `GET` a JSON document (`/v1/status`, `/v1/pool`, …).
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, ApiClientError> {
+        self.call::<(), _>(reqwest::Method::GET, path, None).await
+    }
+
+    /// One request to `path` with the token, and its answer decoded (or its refusal read).
+    async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ApiClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|source| ApiClientError::Unreachable { url, source })?;

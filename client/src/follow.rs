@@ -279,37 +279,13 @@ impl RunFollower {
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed expectation is a failed test
 
-    use airlock_protocol::{CellStatus, RunDone, RunOutput, RunQueued, SessionId, StreamName};
+    use airlock_protocol::{CellStatus, SessionId};
+    use airlock_test_kit::messages::{self, done, stdout as output};
 
     use super::*;
 
     fn queued(run: u64, cell: &str) -> ServerMessage {
-        ServerMessage::Queued(RunQueued {
-            run: RunId(run),
-            session: SessionId(1),
-            client_ref: 1,
-            user: "ada".into(),
-            code: String::new(),
-            cell: Some(cell.into()),
-        })
-    }
-
-    fn output(run: u64, text: &str) -> ServerMessage {
-        ServerMessage::Output(RunOutput {
-            run: RunId(run),
-            output: Output::Stream {
-                name: StreamName::Stdout,
-                text: text.into(),
-            },
-        })
-    }
-
-    fn done(run: u64, status: RunStatus) -> ServerMessage {
-        ServerMessage::Done(RunDone {
-            run: RunId(run),
-            status,
-            execution_count: Some(run as u32),
-        })
+        messages::queued(run, 1, cell)
     }
 
     fn state(cell: &str, state: CellState) -> ServerMessage {
@@ -462,14 +438,7 @@ mod tests {
     }
 
     fn queued_by(run: u64, cell: &str, client_ref: u64) -> ServerMessage {
-        ServerMessage::Queued(RunQueued {
-            run: RunId(run),
-            session: SessionId(1),
-            client_ref,
-            user: "ada".into(),
-            code: String::new(),
-            cell: Some(cell.into()),
-        })
+        messages::queued(run, client_ref, cell)
     }
 
     #[test]

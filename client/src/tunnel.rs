@@ -189,6 +189,26 @@ pub struct TunnelClientConfig {
     pub identity: Identity,
 }
 
+/// Why a request on a tunnel stream (a flow's opening, a lookup) got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the tunnel is down: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("writing to the tunnel failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("reading from the tunnel failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+}
+
+impl StreamError {
+    /// Whether the tunnel itself is down (a new connection may succeed).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, StreamError::Connection(_))
+    }
+}
+
 /// Why a flow could not be opened through the tunnel.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenFlowError {
@@ -200,13 +220,14 @@ pub enum OpenFlowError {
         reason: String,
     },
     #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error("the tunnel is down: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("writing to the tunnel failed: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("reading from the tunnel failed: {0}")]
-    Read(#[from] quinn::ReadExactError),
+    Stream(#[from] StreamError),
+}
+
+impl OpenFlowError {
+    /// Whether the tunnel itself is down (a new connection may succeed).
+    pub fn is_tunnel_down(&self) -> bool {
+        matches!(self, OpenFlowError::Stream(error) if error.is_connection())
+    }
 }
 
 /// The gateway's verdict on a name a node looked up ([`TunnelClient::lookup`]).
@@ -233,29 +254,21 @@ pub enum LookupError {
         reason: String,
     },
     #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error("the tunnel is down: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("writing to the tunnel failed: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("reading from the tunnel failed: {0}")]
-    Read(#[from] quinn::ReadExactError),
+    Stream(#[from] StreamError),
 }
 
-impl From<ReadFrameError> for OpenFlowError {
-    fn from(error: ReadFrameError) -> Self {
-        match error {
-            ReadFrameError::Frame(error) => OpenFlowError::Frame(error),
-            ReadFrameError::Read(error) => OpenFlowError::Read(error),
-        }
+impl LookupError {
+    /// Whether the tunnel itself is down (a new connection may succeed).
+    pub fn is_tunnel_down(&self) -> bool {
+        matches!(self, LookupError::Stream(error) if error.is_connection())
     }
 }
 
-impl From<ReadFrameError> for LookupError {
+impl From<ReadFrameError> for StreamError {
     fn from(error: ReadFrameError) -> Self {
         match error {
-            ReadFrameError::Frame(error) => LookupError::Frame(error),
-            ReadFrameError::Read(error) => LookupError::Read(error),
+            ReadFrameError::Frame(error) => StreamError::Frame(error),
+            ReadFrameError::Read(error) => StreamError::Read(error),
         }
     }
 }
@@ -328,10 +341,9 @@ impl TunnelClient {
             document: document.to_owned(),
             origin,
         }
-        .encode()?;
-        let (mut send, mut recv) = self.connection.open_bi().await?;
-        send.write_all(&frame).await?;
-        let reply = read_frame(&mut recv, FlowReply::decode).await?;
+        .encode()
+        .map_err(StreamError::from)?;
+        let (send, recv, reply) = self.request(&frame, false, FlowReply::decode).await?;
         if reply.status != ReplyStatus::Connected {
             return Err(OpenFlowError::Refused {
                 status: reply.status,
@@ -361,12 +373,9 @@ impl TunnelClient {
             tenant: tenant.to_owned(),
             document: document.to_owned(),
         }
-        .encode()?;
-        let (mut send, mut recv) = self.connection.open_bi().await?;
-        send.write_all(&frame).await?;
-        // Nothing more to say; if the stream is already gone, reading the reply says why.
-        let _ = send.finish();
-        let reply = read_frame(&mut recv, LookupReply::decode).await?;
+        .encode()
+        .map_err(StreamError::from)?;
+        let (_, _, reply) = self.request(&frame, true, LookupReply::decode).await?;
         match reply.status {
             LookupStatus::Found => Ok(LookupAnswer::Found),
             LookupStatus::NotFound => Ok(LookupAnswer::NotFound {
@@ -382,6 +391,23 @@ impl TunnelClient {
                 })
             }
         }
+    }
+
+    /// Opens a stream, writes `request` (then finishes the stream if `finish`: nothing more to
+    /// say; if it is already gone, reading the reply says why) and reads one reply frame.
+    async fn request<T>(
+        &self,
+        request: &[u8],
+        finish: bool,
+        decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, T), StreamError> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        send.write_all(request).await?;
+        if finish {
+            let _ = send.finish();
+        }
+        let reply = read_frame(&mut recv, decode).await?;
+        Ok((send, recv, reply))
     }
 
     /// Closes the tunnel for every clone (open flows end).

@@ -10,9 +10,9 @@ use airlock_protocol::codec::{self, FrameLimit};
 use airlock_protocol::{
     Accepted, CellBinding, CellEdit, CellKind, CellOutputs, CellState, CellStatus, ClientMessage,
     DocUpdate, ErrorCode, ErrorReply, ExecutionMode, Exported, GraphCell, GraphView, KernelState,
-    Output, Role, RunDone, RunId, RunOutput, RunQueued, RunStatus, ServerMessage, SessionId,
-    StreamName, UpdateAck, Welcome,
+    Output, Role, RunId, RunOutput, RunStatus, ServerMessage, SessionId, UpdateAck, Welcome,
 };
+use airlock_test_kit::messages::{done, queued, stdout};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -63,35 +63,6 @@ fn cell(id: &str, state: CellState) -> ServerMessage {
     ServerMessage::Cell(CellStatus {
         cell: id.into(),
         state,
-    })
-}
-
-fn queued(run: u64, client_ref: u64, id: &str) -> ServerMessage {
-    ServerMessage::Queued(RunQueued {
-        run: RunId(run),
-        session: SessionId(1),
-        client_ref,
-        user: "ada".into(),
-        code: String::new(),
-        cell: Some(id.into()),
-    })
-}
-
-fn stdout(run: u64, text: &str) -> ServerMessage {
-    ServerMessage::Output(RunOutput {
-        run: RunId(run),
-        output: Output::Stream {
-            name: StreamName::Stdout,
-            text: text.into(),
-        },
-    })
-}
-
-fn done(run: u64, status: RunStatus) -> ServerMessage {
-    ServerMessage::Done(RunDone {
-        run: RunId(run),
-        status,
-        execution_count: Some(run as u32),
     })
 }
 

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 
 pub use airlock_client::tunnel::{
-    Destination, Identity, LookupAnswer, LookupError, OpenFlowError, ReadFrameError, TunnelClient,
-    TunnelClientConfig, TunnelError, TunnelFlow, read_certs,
+    Destination, Identity, LookupAnswer, LookupError, OpenFlowError, ReadFrameError, StreamError,
+    TunnelClient, TunnelClientConfig, TunnelError, TunnelFlow, read_certs,
 };
 use airlock_client::tunnel::{finish_frame, provider, transport};
 

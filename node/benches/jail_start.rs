@@ -35,75 +35,69 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
     median
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let host = match preflight() {
-            Ok(host) => host,
-            Err(error) => {
-                println!("skipping the jail start benchmark: {error}");
-                return;
-            }
-        };
-        let python: PathBuf = match std::env::var_os("AIRLOCK_PYTHON") {
-            Some(python) => python.into(),
-            None => ensure_python(&PythonSource::default_managed().unwrap(), Progress::Auto)
-                .await
-                .unwrap(),
-        };
-        let runtime_dir = tempfile::tempdir().unwrap();
-        let jail = JailConfig {
-            cgroup_parent: format!("airlock-bench-{}", std::process::id()),
-            ..JailConfig::default()
-        };
-        // One warm-up of each, so file caches are as warm for both.
-        start_once(KernelConfig::new(
-            python.clone(),
-            runtime_dir.path().to_owned(),
-        ))
-        .await;
-        start_once(KernelConfig::jailed(
-            python.clone(),
-            runtime_dir.path().to_owned(),
-            jail.clone(),
-        ))
-        .await;
-        let mut plain = Vec::new();
-        let mut jailed = Vec::new();
-        for _ in 0..STARTS {
-            plain.push(
-                start_once(KernelConfig::new(
-                    python.clone(),
-                    runtime_dir.path().to_owned(),
-                ))
-                .await,
-            );
-            jailed.push(
-                start_once(KernelConfig::jailed(
-                    python.clone(),
-                    runtime_dir.path().to_owned(),
-                    jail.clone(),
-                ))
-                .await,
-            );
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let host = match preflight() {
+        Ok(host) => host,
+        Err(error) => {
+            println!("skipping the jail start benchmark: {error}");
+            return;
         }
-        println!(
-            "kernel start (KernelBridge::start until ready), {STARTS} each, {:?} cgroups:",
-            host.cgroup
+    };
+    let python: PathBuf = match std::env::var_os("AIRLOCK_PYTHON") {
+        Some(python) => python.into(),
+        None => ensure_python(&PythonSource::default_managed().unwrap(), Progress::Auto)
+            .await
+            .unwrap(),
+    };
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let jail = JailConfig {
+        cgroup_parent: format!("airlock-bench-{}", std::process::id()),
+        ..JailConfig::default()
+    };
+    // One warm-up of each, so file caches are as warm for both.
+    start_once(KernelConfig::new(
+        python.clone(),
+        runtime_dir.path().to_owned(),
+    ))
+    .await;
+    start_once(KernelConfig::jailed(
+        python.clone(),
+        runtime_dir.path().to_owned(),
+        jail.clone(),
+    ))
+    .await;
+    let mut plain = Vec::new();
+    let mut jailed = Vec::new();
+    for _ in 0..STARTS {
+        plain.push(
+            start_once(KernelConfig::new(
+                python.clone(),
+                runtime_dir.path().to_owned(),
+            ))
+            .await,
         );
-        let plain = summary("no jail", plain);
-        let jailed = summary("jail", jailed);
-        let added = jailed.as_secs_f64() - plain.as_secs_f64();
-        println!(
-            "   the jail adds {:.1} ms at the median (target: at most 30 ms)",
-            added * 1e3
+        jailed.push(
+            start_once(KernelConfig::jailed(
+                python.clone(),
+                runtime_dir.path().to_owned(),
+                jail.clone(),
+            ))
+            .await,
         );
-        for parent in host.cgroup_parents(&jail.cgroup_parent) {
-            let _ = std::fs::remove_dir(parent);
-        }
-    });
+    }
+    println!(
+        "kernel start (KernelBridge::start until ready), {STARTS} each, {:?} cgroups:",
+        host.cgroup
+    );
+    let plain = summary("no jail", plain);
+    let jailed = summary("jail", jailed);
+    let added = jailed.as_secs_f64() - plain.as_secs_f64();
+    println!(
+        "   the jail adds {:.1} ms at the median (target: at most 30 ms)",
+        added * 1e3
+    );
+    for parent in host.cgroup_parents(&jail.cgroup_parent) {
+        let _ = std::fs::remove_dir(parent);
+    }
 }

@@ -237,27 +237,38 @@ impl TaskAgent {
         }
     }
 
+    /// `POST` to the task's `what` endpoint, with `body` if any, within `timeout`.
+    async fn post(
+        &self,
+        what: &str,
+        body: Option<&impl serde::Serialize>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ControlError> {
+        let mut request = self
+            .http
+            .post(self.url(what))
+            .bearer_auth(&self.secret)
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     /// Joins the warm pool.
     pub async fn ready(&self, ready: &TaskReady) -> Result<HeartbeatReply, ControlError> {
-        let request = self
-            .http
-            .post(self.url("ready"))
-            .bearer_auth(&self.secret)
-            .json(ready)
-            .timeout(Duration::from_secs(3));
-        let response = self.send(request).await?;
+        let response = self
+            .post("ready", Some(ready), Duration::from_secs(3))
+            .await?;
         Self::json(response, "ready").await
     }
 
     pub async fn heartbeat(&self) -> Result<HeartbeatReply, ControlError> {
-        let request = self
-            .http
-            .post(self.url("heartbeat"))
-            .bearer_auth(&self.secret)
-            // Well inside the lease: a coordinator that hangs (paused, partitioned) must not
-            // cost the task its lease; the next heartbeat goes to another coordinator.
-            .timeout(Duration::from_millis(1500));
-        let response = self.send(request).await?;
+        // Well inside the lease: a coordinator that hangs (paused, partitioned) must not cost
+        // the task its lease; the next heartbeat goes to another coordinator.
+        let response = self
+            .post("heartbeat", None::<&()>, Duration::from_millis(1500))
+            .await?;
         Self::json(response, "heartbeat").await
     }
 
@@ -280,13 +291,9 @@ impl TaskAgent {
     }
 
     pub async fn released(&self, released: &TaskReleased) -> Result<(), ControlError> {
-        let request = self
-            .http
-            .post(self.url("released"))
-            .bearer_auth(&self.secret)
-            .json(released)
-            .timeout(Duration::from_secs(10));
-        let response = self.send(request).await?;
+        let response = self
+            .post("released", Some(released), Duration::from_secs(10))
+            .await?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();

@@ -88,19 +88,7 @@ fn insert(index: usize, id: &str, kind: CellKind, source: &str) -> CellEdit {
 }
 
 fn text(outputs: &[Output]) -> String {
-    outputs
-        .iter()
-        .map(|output| match output {
-            Output::Stream { text, .. } => text.clone(),
-            Output::ExecuteResult { data, .. } | Output::DisplayData { data, .. } => data
-                .get("text/plain")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            Output::Error { ename, evalue, .. } => format!("{ename}: {evalue}"),
-            _ => String::new(),
-        })
-        .collect()
+    Output::text_of(outputs)
 }
 
 /// The cells whose runs a client saw start, in order, until every cell in `cells` finished.

@@ -6,15 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
 
 mod support;
-use support::python;
+use support::TestNode;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_client::{Client, ClientError, RunReport, Target, Trust};
-use airlock_node::kernel::KernelConfig;
-use airlock_node::tls::TlsSource;
-use airlock_node::{NodeConfig, RunningNode};
+use airlock_node::RunningNode;
 use airlock_protocol::token::{self, Claims, Role};
 use airlock_protocol::{
     ClientMessage, DeathCause, ErrorCode, FrameLimit, KernelStatus, Output, RunStatus,
@@ -34,31 +31,15 @@ struct Fixture {
 }
 
 async fn start_node(epoch: u64, frame_limit: FrameLimit) -> Fixture {
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let runtime = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let node = airlock_node::start(NodeConfig {
-        document: DOC.into(),
-        epoch,
-        token_key: key.verifying_key(),
-        quic_listen: Some(loopback),
-        ws_listen: Some(loopback),
-        tls: TlsSource::SelfSigned {
-            names: vec!["localhost".into()],
-        },
-        kernel: KernelConfig::new(python().await, runtime.path().to_owned()),
-        frame_limit,
-        store: store.path().display().to_string(),
-        idle_timeout: None,
-        tenant: "default".to_owned(),
+    let started = TestNode::start_with(DOC, epoch, store.path(), |config| {
+        config.frame_limit = frame_limit;
     })
-    .await
-    .expect("node starts");
+    .await;
     Fixture {
-        node,
-        key,
-        runtime,
+        node: started.node,
+        key: started.key,
+        runtime: started.runtime,
         _store: store,
     }
 }

@@ -39,18 +39,7 @@ fn rss() -> u64 {
 }
 
 fn text(outputs: &[Output]) -> String {
-    outputs
-        .iter()
-        .map(|output| match output {
-            Output::Stream { text, .. } => text.clone(),
-            Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => data
-                .get("text/plain")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            other => format!("{other:?}"),
-        })
-        .collect()
+    Output::text_of(outputs)
 }
 
 /// Writes `payload` into the kernel's own end of the node's shell connection: the review's

@@ -239,6 +239,35 @@ pub enum Output {
     Unknown,
 }
 
+impl Output {
+    /// What a person reading a terminal sees of this output: a stream's text, the `text/plain`
+    /// of a result or display, an error's name and value followed by its traceback; nothing
+    /// for the rest.
+    pub fn text(&self) -> String {
+        match self {
+            Output::Stream { text, .. } => text.clone(),
+            Output::ExecuteResult { data, .. }
+            | Output::DisplayData { data, .. }
+            | Output::UpdateDisplayData { data, .. } => data
+                .get("text/plain")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            Output::Error {
+                ename,
+                evalue,
+                traceback,
+            } => format!("{ename}: {evalue}\n{}\n", traceback.join("\n")),
+            Output::ClearOutput { .. } | Output::Unknown => String::new(),
+        }
+    }
+
+    /// [`Output::text`] of each output, one after the other.
+    pub fn text_of(outputs: &[Output]) -> String {
+        outputs.iter().map(Output::text).collect()
+    }
+}
+
 /// Which standard stream a [`Output::Stream`] chunk came from.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -5,8 +5,13 @@
 //!   the patience runs out. Every test that waits for a process, a cluster or a kernel waits
 //!   through these, so a slow machine gets a clear message instead of a hang, and no test
 //!   sleeps a fixed time before asserting.
+//! - [`dns`]: a fake DNS server (real messages over UDP) whose answers the test decides.
+//! - [`messages`]: builders of the node's messages a scripted test sends (queued, output, done).
 //! - [`exited_within`]: a child process's exit, awaited with a deadline (test cleanup).
 #![forbid(unsafe_code)]
+
+pub mod dns;
+pub mod messages;
 
 use std::fmt::Debug;
 use std::future::Future;

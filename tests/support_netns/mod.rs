@@ -30,11 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_egress::audit::AuditRecord;
-use airlock_test_kit::{Check, eventually};
+use airlock_test_kit::{Check, dns, eventually};
 use base64::Engine;
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a process gets to come up, and a record to appear.
@@ -252,47 +249,12 @@ pub fn serve_dns(socket: std::net::UdpSocket, table: Vec<(&str, Ipv4Addr)>) {
         .into_iter()
         .map(|(name, ip)| (format!("{name}."), ip))
         .collect();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(query) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let Some(question) = query.queries().first().cloned() else {
-                continue;
-            };
-            let name = question.name().to_ascii().to_ascii_lowercase();
-            let mut response = Message::new();
-            response
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .set_op_code(query.op_code())
-                .set_recursion_desired(query.recursion_desired())
-                .set_recursion_available(true)
-                .set_authoritative(true)
-                .add_query(question.clone());
-            match table.get(&name) {
-                None => {
-                    response.set_response_code(ResponseCode::NXDomain);
-                }
-                Some(ip) => {
-                    if question.query_type() == RecordType::A {
-                        response.add_answer(Record::from_rdata(
-                            question.name().clone(),
-                            60,
-                            RData::A(A(*ip)),
-                        ));
-                    }
-                    response.set_response_code(ResponseCode::NoError);
-                }
-            }
-            if let Ok(bytes) = response.to_vec() {
-                let _ = socket.send_to(&bytes, peer).await;
-            }
-        }
+    airlock_test_kit::dns::serve(socket, move |name, _| match table.get(name) {
+        Some(ip) => dns::Answer::Addresses {
+            ips: vec![IpAddr::V4(*ip)],
+            ttl: 60,
+        },
+        None => dns::Answer::NoSuchName,
     });
 }
 

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use airlock_egress::audit::{AuditLog, AuditRecord, AuditSink};
 use airlock_egress::{Config, Gateway, ListenAddresses, Listeners};
+use airlock_test_kit::dns;
 use base64::Engine;
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -50,68 +49,28 @@ impl DnsServer {
         let counts = Arc::clone(&a_queries);
         let questions = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
         let asked = Arc::clone(&questions);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                    return;
-                };
-                let Ok(query) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let Some(question) = query.queries().first().cloned() else {
-                    continue;
-                };
-                let name = question.name().to_ascii().to_ascii_lowercase();
-                *asked.lock().unwrap().entry(name.clone()).or_default() += 1;
-                let qtype = question.query_type();
-                let mut response = Message::new();
-                response
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_op_code(query.op_code())
-                    .set_recursion_desired(query.recursion_desired())
-                    .set_recursion_available(true)
-                    .set_authoritative(true)
-                    .add_query(question.clone());
-                match table.get(&name) {
-                    None => {
-                        response.set_response_code(ResponseCode::NXDomain);
+        airlock_test_kit::dns::serve(socket, move |name, qtype| {
+            *asked.lock().unwrap().entry(name.to_owned()).or_default() += 1;
+            let Some(answer) = table.get(name) else {
+                return dns::Answer::NoSuchName;
+            };
+            let (ips, ttl) = match answer {
+                Answer::Fixed(ips) => {
+                    if qtype == RecordType::A {
+                        *counts.lock().unwrap().entry(name.to_owned()).or_default() += 1;
                     }
-                    Some(answer) => {
-                        let (ips, ttl) = match answer {
-                            Answer::Fixed(ips) => (ips.clone(), 60),
-                            Answer::Flip(ips) if qtype == RecordType::A => {
-                                let mut counts = counts.lock().unwrap();
-                                let seen = counts.entry(name.clone()).or_default();
-                                let ip = ips[*seen % ips.len()];
-                                *seen += 1;
-                                (vec![ip], 0)
-                            }
-                            Answer::Flip(_) => (Vec::new(), 0),
-                        };
-                        if qtype == RecordType::A && matches!(answer, Answer::Fixed(_)) {
-                            *counts.lock().unwrap().entry(name.clone()).or_default() += 1;
-                        }
-                        for ip in ips {
-                            let rdata = match (ip, qtype) {
-                                (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
-                                (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
-                                _ => continue,
-                            };
-                            response.add_answer(Record::from_rdata(
-                                question.name().clone(),
-                                ttl,
-                                rdata,
-                            ));
-                        }
-                        response.set_response_code(ResponseCode::NoError);
-                    }
+                    (ips.clone(), 60)
                 }
-                if let Ok(bytes) = response.to_vec() {
-                    let _ = socket.send_to(&bytes, peer).await;
+                Answer::Flip(ips) if qtype == RecordType::A => {
+                    let mut counts = counts.lock().unwrap();
+                    let seen = counts.entry(name.to_owned()).or_default();
+                    let ip = ips[*seen % ips.len()];
+                    *seen += 1;
+                    (vec![ip], 0)
                 }
-            }
+                Answer::Flip(_) => (Vec::new(), 0),
+            };
+            dns::Answer::Addresses { ips, ttl }
         });
         DnsServer {
             addr,

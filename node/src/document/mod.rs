@@ -21,3 +21,5 @@ pub mod analysis;
 pub mod core;
 pub mod graph;
 pub mod outputs;
+#[cfg(test)]
+mod test_rng;

@@ -327,7 +327,7 @@ async fn open_flow(
         )
         .await;
         match opened {
-            Err(_) | Ok(Err(OpenFlowError::Connection(_))) if !retried => {
+            ref opened if !retried && silent_or_down(opened, OpenFlowError::is_tunnel_down) => {
                 debug!("the tunnel is down or silent; connecting again");
                 egress.forget(&tunnel).await;
                 retried = true;
@@ -439,7 +439,7 @@ async fn look_up(kernel: &Arc<Kernel>, name: &str) -> (Verdict, &'static str) {
         )
         .await;
         match answered {
-            Err(_) | Ok(Err(LookupError::Connection(_))) if !retried => {
+            ref looked if !retried && silent_or_down(looked, LookupError::is_tunnel_down) => {
                 egress.forget(&tunnel).await;
                 retried = true;
             }
@@ -481,5 +481,18 @@ async fn look_up(kernel: &Arc<Kernel>, name: &str) -> (Verdict, &'static str) {
             kernel.lookups().refused(name, Refused::Missing, now());
             (Verdict::Missing, "missing")
         }
+    }
+}
+
+/// Whether a tunnel request timed out or failed because the tunnel itself is down: either way
+/// a new connection may succeed where this one did not.
+fn silent_or_down<T, E, Elapsed>(
+    outcome: &Result<Result<T, E>, Elapsed>,
+    is_down: impl Fn(&E) -> bool,
+) -> bool {
+    match outcome {
+        Err(_) => true,
+        Ok(Err(error)) => is_down(error),
+        Ok(Ok(_)) => false,
     }
 }

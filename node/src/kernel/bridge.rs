@@ -228,14 +228,7 @@ where
 struct RunningKernel {
     process: KernelProcess,
     folder: RuntimeFolder,
-    shell: DealerSendConnection,
-    /// Shell replies.
-    replies: MessageStream,
-    iopub: MessageStream,
-    control: ClientControlConnection,
-    /// One message per heartbeat reply.
-    pongs: mpsc::Receiver<()>,
-    heartbeat: JoinHandle<()>,
+    channels: Channels,
 }
 
 /// Why the driver left its loop for the current kernel.
@@ -323,25 +316,25 @@ impl Driver {
                     Some(Command::Shutdown { done }) => return Next::Shutdown(done),
                     None => return Next::Closed,
                 },
-                Some(received) = kernel.iopub.next() => {
+                Some(received) = kernel.channels.iopub.next() => {
                     if let Some(cause) = self.receive("iopub", received) {
                         return self.violated(kernel, cause);
                     }
                 }
-                Some(received) = kernel.replies.next() => {
+                Some(received) = kernel.channels.replies.next() => {
                     if let Some(cause) = self.receive("shell", received) {
                         return self.violated(kernel, cause);
                     }
                 }
-                Some(()) = kernel.pongs.recv() => {
+                Some(()) = kernel.channels.pongs.recv() => {
                     self.session.on_heartbeat_reply(Instant::now().into_std());
                 }
                 status = kernel.process.wait() => {
                     // Whatever the kernel sent before dying still belongs to its runs.
-                    while let Some(Some(received)) = kernel.iopub.next().now_or_never() {
+                    while let Some(Some(received)) = kernel.channels.iopub.next().now_or_never() {
                         self.receive("iopub", received);
                     }
-                    while let Some(Some(received)) = kernel.replies.next().now_or_never() {
+                    while let Some(Some(received)) = kernel.channels.replies.next().now_or_never() {
                         self.receive("shell", received);
                     }
                     let cause = match status {
@@ -359,7 +352,7 @@ impl Driver {
                     let now = Instant::now().into_std();
                     // A reply already waiting lost the race to the timer, not to the kernel:
                     // on a starved machine, judging silence without it would kill a live kernel.
-                    if kernel.pongs.try_recv().is_ok() {
+                    if kernel.channels.pongs.try_recv().is_ok() {
                         self.session.on_heartbeat_reply(now);
                     }
                     if let Some(cause) = self.session.poll_heartbeat(now) {
@@ -403,7 +396,7 @@ impl Driver {
         if !self.session.execute(run, message.header.msg_id.clone()) {
             return;
         }
-        if let Err(error) = kernel.shell.send(message).await {
+        if let Err(error) = kernel.channels.shell.send(message).await {
             tracing::warn!(?run, %error, "could not send an execute request to the kernel");
             self.session.send_failed(run);
         }
@@ -528,12 +521,7 @@ impl Driver {
                 Ok(RunningKernel {
                     process,
                     folder,
-                    shell: channels.shell,
-                    replies: channels.replies,
-                    iopub: channels.iopub,
-                    control: channels.control,
-                    pongs: channels.pongs,
-                    heartbeat: channels.heartbeat,
+                    channels,
                 })
             }
             Err(error) => {
@@ -547,7 +535,7 @@ impl Driver {
     /// Asks the kernel to exit, then makes sure it did.
     async fn shutdown_gracefully(&mut self, mut kernel: RunningKernel) {
         let request = JupyterMessage::new(ShutdownRequest { restart: false }, None);
-        match kernel.control.send(request).await {
+        match kernel.channels.control.send(request).await {
             // The reply only promises an exit; the exit is what counts.
             Ok(()) => {
                 if tokio::time::timeout(SHUTDOWN_GRACE, kernel.process.wait())
@@ -568,7 +556,7 @@ impl Driver {
     /// Kills what is left of a kernel's process group, closes its sockets, removes its folder.
     async fn teardown(&mut self, mut kernel: RunningKernel) {
         self.pid.store(0, Ordering::Release);
-        kernel.heartbeat.abort();
+        kernel.channels.heartbeat.abort();
         kernel.process.kill().await;
         let RunningKernel { folder, .. } = kernel;
         remove_folder(folder);
@@ -584,9 +572,11 @@ fn remove_folder(folder: RuntimeFolder) {
 /// The channels of a kernel that has answered.
 struct Channels {
     shell: DealerSendConnection,
+    /// Shell replies.
     replies: MessageStream,
     iopub: MessageStream,
     control: ClientControlConnection,
+    /// One message per heartbeat reply.
     pongs: mpsc::Receiver<()>,
     heartbeat: JoinHandle<()>,
 }

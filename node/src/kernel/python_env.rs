@@ -70,18 +70,9 @@ impl PythonSource {
     /// The managed environment in the per-user data folder:
     /// `$XDG_DATA_HOME/airlock/python`, else `~/.local/share/airlock/python`.
     pub fn default_managed() -> Result<Self, PythonEnvError> {
-        let data_home = std::env::var_os("XDG_DATA_HOME")
-            .filter(|dir| !dir.is_empty())
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_absolute())
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|home| !home.is_empty())
-                    .map(|home| PathBuf::from(home).join(".local").join("share"))
-            })
-            .ok_or(PythonEnvError::NoDataHome)?;
+        let data_home = crate::store::data_home().ok_or(PythonEnvError::NoDataHome)?;
         Ok(PythonSource::Managed {
-            dir: data_home.join("airlock").join("python"),
+            dir: data_home.join("python"),
         })
     }
 }
@@ -329,16 +320,10 @@ async fn build(staging: &Path, target: &Path, reporter: &Reporter) -> Result<(),
         "--no-compile",
     ])
     .args(KERNEL_PACKAGES);
-    let (status, output) = run(pip, reporter)
-        .await
-        .map_err(|source| PythonEnvError::Io {
-            action: "run",
-            path: python.clone(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(PythonEnvError::PipFailed { status, output });
-    }
+    run_with(pip, &python, reporter, |status, output| {
+        PythonEnvError::PipFailed { status, output }
+    })
+    .await?;
 
     // Byte-compile now, with the paths the modules will have after the rename (`-d`), so imports
     // are fast from the first kernel on and tracebacks point at real files.
@@ -348,16 +333,10 @@ async fn build(staging: &Path, target: &Path, reporter: &Reporter) -> Result<(),
         .args(["-m", "compileall", "-q", "-j", "0", "-d"])
         .arg(target.join("lib"))
         .arg(staging.join("lib"));
-    let (status, output) = run(compile, reporter)
-        .await
-        .map_err(|source| PythonEnvError::Io {
-            action: "run",
-            path: python.clone(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(PythonEnvError::CompileFailed { status, output });
-    }
+    run_with(compile, &python, reporter, |status, output| {
+        PythonEnvError::CompileFailed { status, output }
+    })
+    .await?;
 
     let marker = staging.join(MARKER);
     tokio::fs::write(&marker, pin_list())
@@ -401,6 +380,28 @@ async fn discard(staging: tempfile::TempDir) {
 
 /// Runs `command` to completion, passing each output line to `reporter`; returns its status and
 /// its last lines (stdout and stderr interleaved).
+/// Runs `command`, a step carried out with the environment's `python`; a step that exits
+/// unsuccessfully is the error `failed` makes of its status and output.
+async fn run_with(
+    command: Command,
+    python: &Path,
+    reporter: &Reporter,
+    failed: impl FnOnce(ExitStatus, String) -> PythonEnvError,
+) -> Result<(), PythonEnvError> {
+    let (status, output) = run(command, reporter)
+        .await
+        .map_err(|source| PythonEnvError::Io {
+            action: "run",
+            path: python.to_owned(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(failed(status, output))
+    }
+}
+
 async fn run(mut command: Command, reporter: &Reporter) -> std::io::Result<(ExitStatus, String)> {
     command
         .stdin(Stdio::null())

@@ -296,21 +296,42 @@ mod tests {
         Bytes::from(format!("u{i}"))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn updates_within_the_window_share_one_append() {
-        let store = Arc::new(Recording::default());
-        let committer = Arc::new(GroupCommitter::spawn(
+    /// A committer at epoch 1 with the default window, on `store`.
+    fn committer_on<S: DocumentStore + 'static>(store: &Arc<S>) -> Arc<GroupCommitter> {
+        committer_with(store, GroupCommitConfig::default())
+    }
+
+    /// A committer at epoch 1 with `config`, on `store`.
+    fn committer_with<S: DocumentStore + 'static>(
+        store: &Arc<S>,
+        config: GroupCommitConfig,
+    ) -> Arc<GroupCommitter> {
+        Arc::new(GroupCommitter::spawn(
             store.clone(),
             doc(),
             Epoch(1),
-            GroupCommitConfig::default(),
-        ));
-        let commits: Vec<_> = (0..10)
+            config,
+        ))
+    }
+
+    /// One task per update `i` of `range`, each committing it.
+    fn spawn_commits(
+        committer: &Arc<GroupCommitter>,
+        range: std::ops::Range<usize>,
+    ) -> Vec<tokio::task::JoinHandle<Result<Seq, CommitError>>> {
+        range
             .map(|i| {
                 let committer = committer.clone();
                 tokio::spawn(async move { committer.commit(update(i)).await })
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn updates_within_the_window_share_one_append() {
+        let store = Arc::new(Recording::default());
+        let committer = committer_on(&store);
+        let commits = spawn_commits(&committer, 0..10);
         for commit in commits {
             assert_eq!(commit.await.unwrap().unwrap(), Seq(1));
         }
@@ -331,19 +352,9 @@ mod tests {
             max_updates: 3,
             ..GroupCommitConfig::default()
         };
-        let committer = Arc::new(GroupCommitter::spawn(
-            store.clone(),
-            doc(),
-            Epoch(1),
-            config,
-        ));
+        let committer = committer_with(&store, config);
         let started = Instant::now();
-        let commits: Vec<_> = (0..3)
-            .map(|i| {
-                let committer = committer.clone();
-                tokio::spawn(async move { committer.commit(update(i)).await })
-            })
-            .collect();
+        let commits = spawn_commits(&committer, 0..3);
         for commit in commits {
             commit.await.unwrap().unwrap();
         }
@@ -357,12 +368,7 @@ mod tests {
             gate: Some(tokio::sync::Semaphore::new(0)),
             ..Recording::default()
         });
-        let committer = Arc::new(GroupCommitter::spawn(
-            store.clone(),
-            doc(),
-            Epoch(1),
-            GroupCommitConfig::default(),
-        ));
+        let committer = committer_on(&store);
         let pending = tokio::spawn({
             let committer = committer.clone();
             async move { committer.commit(update(0)).await }
@@ -385,18 +391,8 @@ mod tests {
             ..Recording::default()
         });
         *store.fenced_by.lock().unwrap() = Some(Epoch(2));
-        let committer = Arc::new(GroupCommitter::spawn(
-            store.clone(),
-            doc(),
-            Epoch(1),
-            GroupCommitConfig::default(),
-        ));
-        let commits: Vec<_> = (0..5)
-            .map(|i| {
-                let committer = committer.clone();
-                tokio::spawn(async move { committer.commit(update(i)).await })
-            })
-            .collect();
+        let committer = committer_on(&store);
+        let commits = spawn_commits(&committer, 0..5);
         // Let the first batch close, then queue more behind it before the write completes.
         tokio::time::sleep(Duration::from_millis(10)).await;
         let queued: Vec<_> = (5..8)
@@ -443,18 +439,8 @@ mod tests {
             window: Duration::ZERO,
             ..GroupCommitConfig::default()
         };
-        let committer = Arc::new(GroupCommitter::spawn(
-            store.clone(),
-            doc(),
-            Epoch(1),
-            config,
-        ));
-        let commits: Vec<_> = (0..50)
-            .map(|i| {
-                let committer = committer.clone();
-                tokio::spawn(async move { committer.commit(update(i)).await })
-            })
-            .collect();
+        let committer = committer_with(&store, config);
+        let commits = spawn_commits(&committer, 0..50);
         let mut acked = Vec::new();
         for (i, commit) in commits.into_iter().enumerate() {
             commit.await.unwrap().unwrap();

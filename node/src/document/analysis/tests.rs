@@ -628,22 +628,7 @@ fn sql_cells_through_analyze() {
     assert!(empty.defs.is_empty());
 }
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        let len = u64::try_from(items.len()).unwrap();
-        items[usize::try_from(self.next() % len).unwrap()]
-    }
-}
+use crate::document::test_rng::Rng;
 
 #[test]
 fn arbitrary_text_never_panics() {

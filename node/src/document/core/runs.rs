@@ -104,6 +104,20 @@ impl<K: Kernel> DocumentCore<K> {
             .unwrap_or_default()
     }
 
+    /// Records who and what started `queued.run` (egress attributes its flows to it) and tells
+    /// every session it is queued.
+    fn announce_queued(&mut self, queued: RunQueued) {
+        self.origins.insert(
+            queued.run,
+            RunOrigin {
+                cell: queued.cell.clone(),
+                run: queued.run.0,
+                user: queued.user.clone(),
+            },
+        );
+        self.broadcast(None, ServerMessage::Queued(queued));
+    }
+
     pub(super) fn execute_adhoc(
         &mut self,
         session: SessionId,
@@ -116,26 +130,15 @@ impl<K: Kernel> DocumentCore<K> {
         }
         let user = self.user_of(session);
         let run = self.new_run(RunKind::Adhoc);
-        self.origins.insert(
-            run,
-            RunOrigin {
-                cell: None,
-                run: run.0,
-                user: user.clone(),
-            },
-        );
         // Announced before the kernel can answer, so `queued` precedes every output.
-        self.broadcast(
-            None,
-            ServerMessage::Queued(RunQueued {
-                run,
-                session,
-                client_ref,
-                user,
-                code: code.clone(),
-                cell: None,
-            }),
-        );
+        self.announce_queued(RunQueued {
+            run,
+            session,
+            client_ref,
+            user,
+            code: code.clone(),
+            cell: None,
+        });
         let sent = match &self.kernel {
             Some(kernel) => kernel
                 .execute(run, &code, store_history)
@@ -373,25 +376,14 @@ impl<K: Kernel> DocumentCore<K> {
             .remove(&execution.cell)
             .unwrap_or((SessionId(0), 0));
         let user = self.user_of(session);
-        self.origins.insert(
+        self.announce_queued(RunQueued {
             run,
-            RunOrigin {
-                cell: Some(execution.cell.as_str().to_owned()),
-                run: run.0,
-                user: user.clone(),
-            },
-        );
-        self.broadcast(
-            None,
-            ServerMessage::Queued(RunQueued {
-                run,
-                session,
-                client_ref,
-                user,
-                code: execution.code.clone(),
-                cell: Some(execution.cell.as_str().to_owned()),
-            }),
-        );
+            session,
+            client_ref,
+            user,
+            code: execution.code.clone(),
+            cell: Some(execution.cell.as_str().to_owned()),
+        });
         self.flush_graph_events();
         let sent = match &self.kernel {
             Some(kernel) => kernel

@@ -658,21 +658,7 @@ fn a_deleted_running_cell_drops_its_outputs() {
     assert_eq!(drive(&mut graph), ids(&["c2"]));
 }
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap()).unwrap()
-    }
-}
+use crate::document::test_rng::Rng;
 
 /// Random edits, runs and kernel events; after every step the graph's invariants hold.
 #[test]

@@ -42,6 +42,39 @@ fn egress(gateway: SocketAddr) -> (Egress, mpsc::UnboundedReceiver<String>) {
     (egress, received)
 }
 
+/// A kernel's namespace served by the node with at most `flows` connections, towards a
+/// gateway that never answers (flows under the cap wait for it, `ANSWER_WITHIN`).
+struct SilentJail {
+    namespace: OwnedFd,
+    notices: mpsc::UnboundedReceiver<String>,
+    _gateway: std::net::UdpSocket,
+    _serving: Serving,
+}
+
+impl SilentJail {
+    /// `None` (and a line saying why) where this host cannot make namespaces.
+    fn serve(flows: usize) -> Option<SilentJail> {
+        if let Some(missing) = missing_support() {
+            println!("skipped: this host lacks {missing}");
+            return None;
+        }
+        let gateway = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (egress, notices) = egress(gateway.local_addr().unwrap());
+        let JailNetwork {
+            namespace,
+            redirect,
+            dns,
+        } = JailNetwork::create().unwrap();
+        let serving = serve_with(egress, redirect, dns, flows).unwrap();
+        Some(SilentJail {
+            namespace,
+            notices,
+            _gateway: gateway,
+            _serving: serving,
+        })
+    }
+}
+
 /// Runs `f` on a thread inside the namespace, as the kernel would be.
 async fn inside<T: Send + 'static>(
     namespace: &OwnedFd,
@@ -85,21 +118,11 @@ async fn next_notice(notices: &mut mpsc::UnboundedReceiver<String>) -> String {
 /// cell is told once, and the rest of the episode is one "N more refused" line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_reset_and_said_once() {
-    if let Some(missing) = missing_support() {
-        println!("skipped: this host lacks {missing}");
+    let Some(mut jail) = SilentJail::serve(2) else {
         return;
-    }
-    // A gateway that never answers: flows under the cap wait for it (ANSWER_WITHIN).
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (egress, mut notices) = egress(silent.local_addr().unwrap());
-    let JailNetwork {
-        namespace,
-        redirect,
-        dns,
-    } = JailNetwork::create().unwrap();
-    let _serving = serve_with(egress, redirect, dns, 2).unwrap();
+    };
 
-    let (held, extra) = inside(&namespace, || {
+    let (held, extra) = inside(&jail.namespace, || {
         let target = SocketAddr::from(([1, 1, 1, 1], 80));
         // Two connections fill the cap; the node holds them while it waits for the gateway.
         let held: Vec<TcpStream> = (0..2)
@@ -134,12 +157,12 @@ async fn connections_past_the_cap_are_reset_and_said_once() {
         "under the cap: still open"
     );
 
-    let first = next_notice(&mut notices).await;
+    let first = next_notice(&mut jail.notices).await;
     assert!(
         first.contains("1.1.1.1:80 refused: the kernel already has 2 connections open"),
         "{first}"
     );
-    let summary = next_notice(&mut notices).await;
+    let summary = next_notice(&mut jail.notices).await;
     assert!(
         summary.starts_with("[airlock egress] 9 more refused"),
         "the other nine are one line: {summary}"
@@ -150,20 +173,11 @@ async fn connections_past_the_cap_are_reset_and_said_once() {
 /// itself) writes the notice burst and one summary, not one line each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_flood_is_a_few_lines_and_a_summary() {
-    if let Some(missing) = missing_support() {
-        println!("skipped: this host lacks {missing}");
+    let Some(mut jail) = SilentJail::serve(FLOWS_PER_KERNEL) else {
         return;
-    }
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (egress, mut notices) = egress(silent.local_addr().unwrap());
-    let JailNetwork {
-        namespace,
-        redirect,
-        dns,
-    } = JailNetwork::create().unwrap();
-    let _serving = serve_with(egress, redirect, dns, FLOWS_PER_KERNEL).unwrap();
+    };
     const FLOOD: usize = 60;
-    let ends = inside(&namespace, || {
+    let ends = inside(&jail.namespace, || {
         (0..FLOOD)
             .map(|i| {
                 let to = SocketAddr::from(([198, 18, 200, i as u8], 80));
@@ -175,7 +189,7 @@ async fn a_refusal_flood_is_a_few_lines_and_a_summary() {
     assert_eq!(ends, vec![ErrorKind::ConnectionReset; FLOOD]);
     let mut lines = Vec::new();
     loop {
-        let line = next_notice(&mut notices).await;
+        let line = next_notice(&mut jail.notices).await;
         let done = line.contains("more refused");
         lines.push(line);
         if done {
@@ -196,5 +210,8 @@ async fn a_refusal_flood_is_a_few_lines_and_a_summary() {
         )),
         "{summary}"
     );
-    assert!(notices.try_recv().is_err(), "nothing after the summary");
+    assert!(
+        jail.notices.try_recv().is_err(),
+        "nothing after the summary"
+    );
 }
