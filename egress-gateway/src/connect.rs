@@ -235,15 +235,13 @@ pub async fn serve(gateway: Gateway, mut stream: TcpStream) -> Result<(), Connec
         }
     };
     let flow = gateway
-        .open(FlowRequest {
-            front_end: FrontEnd::Connect,
+        .open(FlowRequest::from_proxy_client(
+            FrontEnd::Connect,
             tags,
-            host: RequestedHost::Text(host),
+            RequestedHost::Text(host),
             port,
             client,
-            node: None,
-            origin: None,
-        })
+        ))
         .await;
     match flow {
         Ok(open) => {

@@ -84,6 +84,27 @@ pub struct FlowRequest {
     pub origin: Option<FlowOrigin>,
 }
 
+impl FlowRequest {
+    /// A request from a proxy client at `client` (no node, no origin: CONNECT and SOCKS5).
+    pub fn from_proxy_client(
+        front_end: FrontEnd,
+        tags: FlowTags,
+        host: RequestedHost,
+        port: u16,
+        client: Option<SocketAddr>,
+    ) -> Self {
+        FlowRequest {
+            front_end,
+            tags,
+            host,
+            port,
+            client,
+            node: None,
+            origin: None,
+        }
+    }
+}
+
 /// `text` as it may go into a log line: control characters, quotes and backslashes escaped,
 /// cut to 256 characters. Client-chosen strings go through this.
 pub fn for_log(text: &str) -> String {
@@ -263,7 +284,6 @@ impl Gateway {
         let flow = self.shared.next_flow.fetch_add(1, Ordering::Relaxed);
         let origin = request.origin.clone();
         let mut record = AuditRecord {
-            ts_unix_ms: 0,
             flow,
             front_end: request.front_end.as_str().to_owned(),
             tenant: request.tags.tenant.clone(),
@@ -275,19 +295,8 @@ impl Gateway {
             client: request.client,
             requested_host: request.host.to_string(),
             port: request.port,
-            resolved: Vec::new(),
-            denied_answers: Vec::new(),
-            chosen: None,
-            source: None,
-            verdict: Verdict::Allow,
             class: "allowed".to_owned(),
-            reason: String::new(),
-            bytes_out: 0,
-            bytes_in: 0,
-            duration_ms: 0,
-            ended: None,
-            count: 1,
-            classes: Default::default(),
+            ..AuditRecord::default()
         };
         match self.try_open(&request, &mut record, started).await {
             Ok(open) => {

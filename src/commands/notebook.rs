@@ -327,12 +327,7 @@ async fn send(client: &mut Client, request: &Request, out: Renderer) -> Result<E
             if out.json {
                 print_json(&ServerMessage::Accepted(accepted.clone()));
             } else {
-                eprintln!(
-                    "running {} cell{}: {}",
-                    accepted.queued.len(),
-                    plural(accepted.queued.len()),
-                    accepted.queued.join(", ")
-                );
+                say_queued("running", &accepted.queued);
             }
             follow_and_report(client, &accepted, out, "ran").await
         }
@@ -360,12 +355,7 @@ async fn send(client: &mut Client, request: &Request, out: Renderer) -> Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             if !out.json {
-                eprintln!(
-                    "re-running {} cell{}: {}",
-                    accepted.queued.len(),
-                    plural(accepted.queued.len()),
-                    accepted.queued.join(", ")
-                );
+                say_queued("re-running", &accepted.queued);
             }
             follow_and_report(client, &accepted, out, "re-ran").await
         }
@@ -418,6 +408,16 @@ fn print_mode(mode: ExecutionMode, out: Renderer) {
     } else {
         println!("mode: {}", render::mode_label(mode));
     }
+}
+
+/// "running 2 cells: a, b" on stderr.
+fn say_queued(doing: &str, cells: &[String]) {
+    eprintln!(
+        "{doing} {} cell{}: {}",
+        cells.len(),
+        plural(cells.len()),
+        cells.join(", ")
+    );
 }
 
 fn plural(n: usize) -> &'static str {

@@ -127,15 +127,13 @@ pub async fn serve(gateway: Gateway, mut stream: TcpStream) -> Result<(), SocksS
         SocksHost::Domain(name) => RequestedHost::Text(name),
     };
     let flow = gateway
-        .open(FlowRequest {
-            front_end: FrontEnd::Socks5,
+        .open(FlowRequest::from_proxy_client(
+            FrontEnd::Socks5,
             tags,
             host,
-            port: request.port,
+            request.port,
             client,
-            node: None,
-            origin: None,
-        })
+        ))
         .await;
     match flow {
         Ok(open) => {
