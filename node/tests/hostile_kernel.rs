@@ -190,11 +190,22 @@ async fn ten_megabytes_of_prints_leave_the_document_joinable_across_restarts() {
         );
         let shown = text(&outputs.outputs);
         assert!(shown.starts_with(&"x".repeat(100)));
+        // What was not kept is said either way: chunks cut to the per-output limit as they
+        // arrive ("not shown"), or chunks past the per-cell limit dropped ("not kept"). Which
+        // one depends on how ipykernel batched the prints, and that depends on the machine.
+        let notes: Vec<&str> = shown
+            .lines()
+            .filter(|l| l.starts_with("[airlock]"))
+            .collect();
         assert!(
-            shown.contains("[airlock]") && shown.contains("not kept"),
-            "{}",
-            &shown[shown.len() - 300..]
+            notes
+                .iter()
+                .any(|note| note.contains("not kept") || note.contains("not shown")),
+            "{} bytes shown in {} outputs; notes: {notes:?}",
+            shown.len(),
+            outputs.outputs.len()
         );
+        assert!(shown.len() <= 4 << 20, "a cell keeps at most 4 MiB");
         let report = joiner.run("print('still here')", |_| {}).await.unwrap();
         assert_eq!(text(&report.outputs), "still here\n");
     };

@@ -287,7 +287,11 @@ async fn interrupt_ends_a_busy_loop_within_a_second_and_restart_forgets_state() 
     let mut kernel = Harness::start().await;
     let first_pid = kernel.bridge.pid().unwrap();
 
-    let spinning = kernel.execute("print('spinning', flush=True)\nwhile True: pass");
+    // One statement: IPython compiles each top-level statement just before running it, and an
+    // interrupt that lands in that compile (after a separate print) breaks its own traceback.
+    let spinning = kernel.execute(
+        "for i in __import__('itertools').count():\n    i or print('spinning', flush=True)",
+    );
     kernel.wait_for_output(spinning, "spinning").await;
     let interrupted_at = Instant::now();
     kernel.bridge.interrupt().unwrap();
