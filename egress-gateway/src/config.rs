@@ -31,12 +31,12 @@
 //! document = "reports"
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{LookupTallyConfig, RefusalBudgetConfig};
 use crate::policy::{
@@ -86,7 +86,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -108,13 +108,14 @@ pub struct Config {
     /// Proxy credentials for the CONNECT and SOCKS5 front ends.
     #[serde(default)]
     pub credentials: Vec<CredentialSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelSection>,
     /// Nodes allowed on the tunnel, by certificate name.
     #[serde(default)]
     pub nodes: Vec<NodeSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// The region this gateway serves: picks each tenant's static egress addresses.
@@ -163,16 +164,20 @@ fn default_handshake_timeout_ms() -> u64 {
 }
 
 /// Where the front ends listen; flags of `airlock egress` override these.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub socks: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverSection {
     /// DNS servers asked over UDP (and TCP for truncated answers). Empty: the servers in
@@ -211,10 +216,11 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// A file to append JSON lines to; absent or `-`: standard output.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Records waiting for the writer at most; past it records are dropped and counted
     /// (`airlock_egress_audit_dropped_total`). Needs a restart.
@@ -294,7 +300,7 @@ fn default_lookup_names() -> usize {
 
 /// `[limits]`: what every tenant and document gets without configuring anything. `0` turns a
 /// limit off.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultLimitsSection {
     #[serde(default = "default_tenant_connections")]
@@ -357,7 +363,7 @@ fn default_idle_timeout_ms() -> u64 {
         .map_or(0, |timeout| timeout.as_millis() as u64)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalSection {
     #[serde(default)]
@@ -369,7 +375,7 @@ pub struct GlobalSection {
 }
 
 /// `"10.0.0.0/8"` or `{ cidr = "10.0.0.5", ports = [5432] }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum CidrEntry {
     Plain(String),
@@ -377,18 +383,21 @@ pub enum CidrEntry {
 }
 
 /// `443` or `"8000-8100"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PortEntry {
     Number(u16),
     Range(String),
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_second: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst_bytes: Option<u64>,
 }
 
@@ -413,7 +422,7 @@ pub struct RulesSection {
     pub deny_ports: Vec<PortEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSection {
     pub name: String,
@@ -421,7 +430,7 @@ pub struct TenantSection {
     pub default: DefaultVerdict,
     /// Static egress addresses per region.
     #[serde(default)]
-    pub static_ips: HashMap<String, Vec<IpAddr>>,
+    pub static_ips: BTreeMap<String, Vec<IpAddr>>,
     #[serde(default)]
     pub mixed_answers: MixedAnswers,
     #[serde(default)]
@@ -442,7 +451,7 @@ pub struct TenantSection {
     pub documents: Vec<DocumentSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentSection {
     pub id: String,
@@ -462,7 +471,7 @@ pub struct DocumentSection {
     pub deny_ports: Vec<PortEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSection {
     pub username: String,
@@ -477,7 +486,7 @@ fn no_document() -> String {
     "-".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSection {
     /// The gateway's certificate chain (PEM) that nodes verify.
@@ -488,7 +497,7 @@ pub struct TunnelSection {
     pub client_ca: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// A DNS name in the node certificate's subject alternative names (or its common name).
@@ -714,17 +723,30 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_example_in_the_module_doc_parses() {
-        let doc = include_str!("config.rs");
-        let example: String = doc
+    /// The example of the module documentation, as TOML text.
+    fn module_example() -> String {
+        include_str!("config.rs")
             .lines()
             .skip_while(|line| !line.starts_with("//! ```toml"))
             .skip(1)
             .take_while(|line| !line.starts_with("//! ```"))
             .map(|line| format!("{}\n", line.trim_start_matches("//!").trim_start()))
-            .collect();
-        let config = Config::parse(&example).unwrap();
+            .collect()
+    }
+
+    #[test]
+    fn a_config_written_out_reads_back_the_same() {
+        let config = Config::parse(&module_example()).unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let again = Config::parse(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+        // Debug shows every field: the two configs are the same value.
+        assert_eq!(format!("{config:?}"), format!("{again:?}"));
+        assert_eq!(toml::to_string(&again).unwrap(), text);
+    }
+
+    #[test]
+    fn the_example_in_the_module_doc_parses() {
+        let config = Config::parse(&module_example()).unwrap();
         let policy = config.policy(&[]).unwrap();
         let acme = &policy.tenants["acme"];
         assert_eq!(

@@ -21,6 +21,10 @@ use std::time::Duration;
 
 use airlock_coordinator::raft::tls::ClusterCa;
 use airlock_egress::audit::{AuditLog, AuditRecord, AuditSink};
+use airlock_egress::config::{
+    AuditSection, GatewaySection, NodeSection, TenantSection, TunnelSection,
+};
+use airlock_egress::policy::DefaultVerdict;
 use airlock_egress::server::{self, Listeners};
 use airlock_egress::{Config, Gateway};
 use anyhow::Context as _;
@@ -168,7 +172,7 @@ impl DevGateway {
         let files = DevEgressFiles::in_dir(dir);
         write_certificates(&files)?;
         let static_ip = outbound_ipv4();
-        let text = config_text(&files, region, static_ip);
+        let text = config_text(&files, region, static_ip)?;
         write_file(&files.config, text.as_bytes(), 0o644)?;
         let mut config = Config::parse(&text).context("the dev gateway's config")?;
         config.listen.tunnel = Some((Ipv4Addr::LOCALHOST, 0).into());
@@ -275,46 +279,46 @@ fn outbound_ipv4() -> Option<IpAddr> {
 }
 
 /// The gateway's TOML: one tenant allowed everywhere public, from `static_ip`.
-fn config_text(files: &DevEgressFiles, region: &str, static_ip: Option<IpAddr>) -> String {
-    // A JSON string is a valid TOML basic string (same quotes and escapes).
-    let quote = |text: &str| serde_json::Value::from(text).to_string();
-    let path = |p: &Path| quote(&p.display().to_string());
-    let static_ips = static_ip
-        .map(|ip| quote(&ip.to_string()))
-        .unwrap_or_default();
-    format!(
+fn config_text(
+    files: &DevEgressFiles,
+    region: &str,
+    static_ip: Option<IpAddr>,
+) -> anyhow::Result<String> {
+    let config = Config {
+        gateway: GatewaySection {
+            region: region.to_owned(),
+            ..GatewaySection::default()
+        },
+        audit: AuditSection {
+            path: Some(files.audit.clone()),
+            ..AuditSection::default()
+        },
+        tunnel: Some(TunnelSection {
+            cert: files.gateway_cert.clone(),
+            key: files.gateway_key.clone(),
+            client_ca: files.ca.clone(),
+        }),
+        nodes: vec![NodeSection {
+            name: NODE_NAME.to_owned(),
+            tenants: vec![TENANT.to_owned()],
+        }],
+        // Public destinations are allowed; loopback, private ranges, the cloud metadata
+        // address and this host's own addresses are refused whatever this says.
+        tenants: vec![TenantSection {
+            name: TENANT.to_owned(),
+            default: DefaultVerdict::Allow,
+            static_ips: BTreeMap::from([(region.to_owned(), static_ip.into_iter().collect())]),
+            ..TenantSection::default()
+        }],
+        ..Config::default()
+    };
+    let body = toml::to_string(&config).context("writing the dev gateway's config as TOML")?;
+    Ok(format!(
         "# The egress gateway `airlock dev` runs in-process. Rewritten on each start of dev;\n\
          # docs/EGRESS.md describes every key. The tunnel listens on 127.0.0.1, any free port.\n\
-         \n\
-         [gateway]\n\
-         region = {region}\n\
-         \n\
-         [audit]\n\
-         path = {audit}\n\
-         \n\
-         [tunnel]\n\
-         cert = {gateway_cert}\n\
-         key = {gateway_key}\n\
-         client_ca = {ca}\n\
-         \n\
-         [[nodes]]\n\
-         name = {node}\n\
-         tenants = [{tenant}]\n\
-         \n\
-         # Public destinations are allowed; loopback, private ranges, the cloud metadata address\n\
-         # and this host's own addresses are refused whatever this says.\n\
-         [[tenants]]\n\
-         name = {tenant}\n\
-         default = \"allow\"\n\
-         static_ips = {{ {region} = [{static_ips}] }}\n",
-        region = quote(region),
-        audit = path(&files.audit),
-        gateway_cert = path(&files.gateway_cert),
-        gateway_key = path(&files.gateway_key),
-        ca = path(&files.ca),
-        node = quote(NODE_NAME),
-        tenant = quote(TENANT),
-    )
+         # Tenant {TENANT:?} may reach public destinations; loopback, private ranges, the cloud\n\
+         # metadata address and this host's own addresses are refused whatever this says.\n\n{body}"
+    ))
 }
 
 /// A fresh CA, the gateway's certificate and the nodes' client certificate.
@@ -382,7 +386,7 @@ mod tests {
     fn the_config_parses_with_and_without_a_static_address() {
         let files = DevEgressFiles::in_dir(Path::new("/tmp/dev \"quoted\"/egress"));
         for ip in [None, Some(IpAddr::from([192, 0, 2, 2]))] {
-            let text = config_text(&files, "local", ip);
+            let text = config_text(&files, "local", ip).unwrap();
             let config = Config::parse(&text).unwrap();
             assert_eq!(config.gateway.region, "local");
             assert_eq!(config.tenants.len(), 1);
