@@ -66,7 +66,10 @@ impl Consensus for RaftConsensus {
     async fn propose(&self, command: Command) -> Result<Response, ConsensusError> {
         self.raft.propose(command).await.map_err(|err| match err {
             ProposeError::NoLeader { .. } => ConsensusError::NoLeader,
-            other => ConsensusError::Failed(format!("{other}")),
+            indeterminate @ ProposeError::Indeterminate { .. } => {
+                ConsensusError::Indeterminate(Arc::new(indeterminate))
+            }
+            other => ConsensusError::Failed(Arc::new(other)),
         })
     }
 

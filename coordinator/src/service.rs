@@ -43,11 +43,20 @@ use crate::state::State;
 /// Why the replicated log did not take a command.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
+    /// No leader could be reached: nothing was applied by this attempt. Retry shortly.
     #[error("no coordinator leads the region right now (an election is under way); retry shortly")]
     NoLeader,
+    /// The leader got the command but its answer was lost: it may or may not have been applied.
+    /// Every command is safe to repeat, so a retry settles it.
+    #[error("the leader's answer was lost (the command may or may not have been applied): {0}")]
+    Indeterminate(#[source] SharedError),
+    /// The log could not take the command (the leader lost its quorum, or refused it).
     #[error("the replicated log failed: {0}")]
-    Failed(String),
+    Failed(#[source] SharedError),
 }
+
+/// Any error, kept (and shared by clones) as the source of another.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// What the coordinator needs of the replicated log.
 pub trait Consensus: Send + Sync + 'static {
@@ -623,7 +632,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let der = key
                 .to_pkcs8_der()
-                .map_err(|err| ConsensusError::Failed(err.to_string()))?;
+                .map_err(|err| ConsensusError::Failed(Arc::new(err)))?;
             self.consensus
                 .propose(Command::SetSigningKey {
                     pkcs8_der: der.as_bytes().to_vec(),
