@@ -287,11 +287,7 @@ async fn interrupt_ends_a_busy_loop_within_a_second_and_restart_forgets_state() 
     let mut kernel = Harness::start().await;
     let first_pid = kernel.bridge.pid().unwrap();
 
-    // One statement: IPython compiles each top-level statement just before running it, and an
-    // interrupt that lands in that compile (after a separate print) breaks its own traceback.
-    let spinning = kernel.execute(
-        "for i in __import__('itertools').count():\n    i or print('spinning', flush=True)",
-    );
+    let spinning = kernel.execute("print('spinning', flush=True)\nwhile True: pass");
     kernel.wait_for_output(spinning, "spinning").await;
     let interrupted_at = Instant::now();
     kernel.bridge.interrupt().unwrap();
@@ -300,11 +296,15 @@ async fn interrupt_ends_a_busy_loop_within_a_second_and_restart_forgets_state() 
     println!("interrupt to Done: {took:?}");
     assert!(took < Duration::from_secs(1), "interrupt took {took:?}");
     assert_eq!(interrupted.status, RunStatus::Error);
+    // The KeyboardInterrupt error, or, when the interrupt lands where Python 3.11 has no line
+    // number (IPython's traceback formatter then fails on its own assertion), IPython's plain
+    // fallback traceback that still names it.
     assert!(
-        interrupted
-            .outputs
-            .iter()
-            .any(|o| matches!(o, Output::Error { ename, .. } if ename == "KeyboardInterrupt")),
+        interrupted.outputs.iter().any(|o| match o {
+            Output::Error { ename, .. } => ename == "KeyboardInterrupt",
+            Output::Stream { text, .. } => text.contains("\nKeyboardInterrupt\n"),
+            _ => false,
+        }),
         "{:?}",
         interrupted.outputs
     );
