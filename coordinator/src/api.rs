@@ -28,13 +28,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::driver::Driver;
-use crate::model::{BadEgressIps, EgressIpSets, PoolTarget, TaskId, Tenant, Tier};
+use crate::model::{
+    Allocation, BadEgressIps, EgressIpSets, PoolTarget, Region, Task, TaskId, Tenant, Tier,
+};
+use crate::pool::PoolStatus;
 use crate::service::{
     ClaimError, Consensus, ConsensusError, Coordinator, EgressIpsError, TaskError,
 };
+use crate::state::{State, TaskCounts};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -420,6 +423,72 @@ fn tenant(name: Option<String>) -> Result<Tenant, ApiError> {
     })
 }
 
+/// `GET /v1/status`: the region as this member sees it.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub region: Region,
+    pub egress_ips: EgressIps,
+    /// Whether this member leads.
+    pub leader_here: bool,
+    /// The Raft group (members, leader, term), when this API runs inside a cluster.
+    pub cluster: Option<serde_json::Value>,
+    pub targets: Vec<PoolTargetView>,
+    pub counts: Vec<PoolCounts>,
+    pub pools: Vec<PoolStatus>,
+    pub tasks: Vec<Task>,
+    pub documents: Vec<Allocation>,
+}
+
+/// One pool's target, named by its region and tier.
+#[derive(Debug, Serialize)]
+pub struct PoolTargetView {
+    pub region: Region,
+    pub tier: Tier,
+    pub target: PoolTarget,
+}
+
+/// One pool's tasks counted by state.
+#[derive(Debug, Serialize)]
+pub struct PoolCounts {
+    pub region: Region,
+    pub tier: Tier,
+    pub counts: TaskCounts,
+}
+
+impl PoolCounts {
+    /// Every pool's counts in `state`.
+    fn of(state: &State) -> Vec<PoolCounts> {
+        state
+            .counts()
+            .into_iter()
+            .map(|((region, tier), counts)| PoolCounts {
+                region,
+                tier,
+                counts,
+            })
+            .collect()
+    }
+}
+
+/// `GET /v1/documents`.
+#[derive(Debug, Serialize)]
+pub struct DocumentsView {
+    pub documents: Vec<Allocation>,
+}
+
+/// `GET /v1/pool`.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pub pools: Vec<PoolStatus>,
+    pub counts: Vec<PoolCounts>,
+}
+
+/// `GET /v1/tasks`.
+#[derive(Debug, Serialize)]
+pub struct TasksView {
+    pub tasks: Vec<Task>,
+}
+
 /// What `GET /v1/egress-ips` answers for `region` with these `sets`.
 fn egress_ips_view(region: &str, sets: Option<EgressIpSets>) -> EgressIps {
     match sets {
@@ -499,60 +568,58 @@ async fn claim<C: Consensus, D: Driver + 'static>(
 async fn status<C: Consensus, D: Driver + 'static>(
     AxumState(api): AxumState<Shared<C, D>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<StatusView>, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
     let coordinator = &api.coordinator;
     let (tasks, documents, counts, targets) = coordinator.read(|state| {
         (
-            state.tasks().cloned().collect::<Vec<_>>(),
-            state.allocations().cloned().collect::<Vec<_>>(),
-            state
-                .counts()
-                .into_iter()
-                .map(|((region, tier), counts)| json!({"region": region, "tier": tier, "counts": counts}))
-                .collect::<Vec<_>>(),
+            state.tasks().cloned().collect(),
+            state.allocations().cloned().collect(),
+            PoolCounts::of(state),
             state
                 .targets()
-                .map(|((region, tier), target)| json!({"region": region, "tier": tier, "target": target}))
-                .collect::<Vec<_>>(),
+                .map(|((region, tier), target)| PoolTargetView {
+                    region: region.clone(),
+                    tier: tier.clone(),
+                    target: target.clone(),
+                })
+                .collect(),
         )
     });
-    let pools = coordinator.pool_status().await;
-    let egress_ips = egress_ips_view(&coordinator.config().region.0, coordinator.egress_ips());
-    Ok(Json(json!({
-        "region": coordinator.config().region,
-        "egress_ips": egress_ips,
-        "leader_here": coordinator.consensus().is_leader(),
-        "cluster": api.cluster.as_ref().map(|f| f()),
-        "targets": targets,
-        "counts": counts,
-        "pools": pools,
-        "tasks": tasks,
-        "documents": documents,
-    })))
+    Ok(Json(StatusView {
+        region: coordinator.config().region.clone(),
+        egress_ips: egress_ips_view(&coordinator.config().region.0, coordinator.egress_ips()),
+        leader_here: coordinator.consensus().is_leader(),
+        cluster: api.cluster.as_ref().map(|f| f()),
+        targets,
+        counts,
+        pools: coordinator.pool_status().await,
+        tasks,
+        documents,
+    }))
 }
 
 async fn documents<C: Consensus, D: Driver + 'static>(
     AxumState(api): AxumState<Shared<C, D>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DocumentsView>, ApiError> {
     api.authorize(&headers, ApiRole::Backend)?;
-    let documents: Vec<_> = api
+    let documents = api
         .coordinator
         .read(|state| state.allocations().cloned().collect());
-    Ok(Json(json!({ "documents": documents })))
+    Ok(Json(DocumentsView { documents }))
 }
 
 async fn document<C: Consensus, D: Driver + 'static>(
     AxumState(api): AxumState<Shared<C, D>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Allocation>, ApiError> {
     api.authorize(&headers, ApiRole::Backend)?;
     document_id(&id)?;
     let allocation = api.coordinator.read(|state| state.allocation(&id).cloned());
     match allocation {
-        Some(allocation) => Ok(Json(json!(allocation))),
+        Some(allocation) => Ok(Json(allocation)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotServed,
@@ -564,17 +631,11 @@ async fn document<C: Consensus, D: Driver + 'static>(
 async fn pool<C: Consensus, D: Driver + 'static>(
     AxumState(api): AxumState<Shared<C, D>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PoolView>, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
     let pools = api.coordinator.pool_status().await;
-    let counts: Vec<_> = api.coordinator.read(|state| {
-        state
-            .counts()
-            .into_iter()
-            .map(|((region, tier), counts)| json!({"region": region, "tier": tier, "counts": counts}))
-            .collect()
-    });
-    Ok(Json(json!({ "pools": pools, "counts": counts })))
+    let counts = api.coordinator.read(PoolCounts::of);
+    Ok(Json(PoolView { pools, counts }))
 }
 
 async fn set_pool<C: Consensus, D: Driver + 'static>(
@@ -644,12 +705,12 @@ async fn set_egress_ips<C: Consensus, D: Driver + 'static>(
 async fn tasks<C: Consensus, D: Driver + 'static>(
     AxumState(api): AxumState<Shared<C, D>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TasksView>, ApiError> {
     api.authorize(&headers, ApiRole::Operator)?;
-    let tasks: Vec<_> = api
+    let tasks = api
         .coordinator
         .read(|state| state.tasks().cloned().collect());
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(TasksView { tasks }))
 }
 
 async fn drain<C: Consensus, D: Driver + 'static>(
