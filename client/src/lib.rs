@@ -19,6 +19,7 @@
 //! - [`pinned`]: the certificate verifier that accepts exactly one certificate fingerprint.
 //! - [`coordinator`]: the coordinator's HTTP API ([`coordinator::ApiClient`]): claim a
 //!   document, read and set the region's egress IP sets, read status.
+//! - [`pki`]: PEM in and out (identities, certificate files, the text the CLI writes).
 //! - [`tunnel`]: a node's side of the egress tunnel ([`tunnel::TunnelClient`]) and what the
 //!   gateway's server side shares with it.
 //!
@@ -30,6 +31,7 @@ pub mod coordinator;
 pub mod follow;
 pub mod outbox;
 pub mod pinned;
+pub mod pki;
 pub mod reply;
 pub mod tunnel;
 

@@ -9,7 +9,7 @@
 //! (`airlock_egress::tunnel`) and the node meet only over the wire.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,21 +19,15 @@ use airlock_protocol::tunnel::{
     self as frame, FlowOpen, FlowOrigin, FlowReply, FrameError, HEADER_LEN, LookupReply,
     LookupStatus, NameLookup, ReplyStatus, TargetHost,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why the tunnel could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error("could not read {path}: {source}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{0} holds no certificate")]
-    NoCertificate(PathBuf),
+    #[error(transparent)]
+    Pem(#[from] crate::pki::PemError),
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
@@ -52,49 +46,7 @@ pub enum TunnelError {
     Connection(#[from] quinn::ConnectionError),
 }
 
-/// A certificate chain and its key.
-#[derive(Debug)]
-pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl Identity {
-    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TunnelError> {
-        Ok(Identity {
-            chain: read_certs(cert)?,
-            key: PrivateKeyDer::from_pem_file(key).map_err(|source| TunnelError::Pem {
-                path: key.to_owned(),
-                source,
-            })?,
-        })
-    }
-}
-
-/// Reads every certificate of a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TunnelError> {
-    let pem_error = |source| TunnelError::Pem {
-        path: path.to_owned(),
-        source,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem_error)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_error)?;
-    if certs.is_empty() {
-        return Err(TunnelError::NoCertificate(path.to_owned()));
-    }
-    Ok(certs)
-}
+pub use crate::pki::{Identity, read_certs};
 
 /// The TLS provider both ends of the tunnel use (ring, as everywhere in Airlock).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
+use airlock_client::pki::Identity;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
@@ -22,14 +22,8 @@ pub enum TlsSource {
 pub enum TlsError {
     #[error("could not make a self-signed certificate: {0}")]
     Generate(#[source] rcgen::Error),
-    #[error("could not read {path}: {source}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{path} holds no certificate; give a PEM file with a CERTIFICATE block")]
-    NoCertificate { path: PathBuf },
+    #[error("{0}; give PEM files with the CERTIFICATE chain and the PRIVATE KEY")]
+    Pem(#[from] airlock_client::pki::PemError),
     #[error("the certificate and key were refused by TLS: {0}")]
     Rustls(#[source] rustls::Error),
 }
@@ -66,19 +60,12 @@ impl NodeCertificate {
     }
 
     fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let pem_error = |path: &Path| {
-            let path = path.to_owned();
-            move |source| TlsError::Pem { path, source }
-        };
-        let chain = CertificateDer::pem_file_iter(cert)
-            .map_err(pem_error(cert))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pem_error(cert))?;
-        let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
-            path: cert.to_owned(),
-        })?;
-        let fingerprint = fingerprint(leaf);
-        let key = PrivateKeyDer::from_pem_file(key).map_err(pem_error(key))?;
+        let Identity { chain, key } = Identity::from_pem_files(cert, key)?;
+        // `read_certs` returns at least one certificate: the leaf comes first.
+        let fingerprint = chain
+            .first()
+            .map(|leaf| fingerprint(leaf))
+            .unwrap_or_default();
         Ok(NodeCertificate {
             chain,
             key,

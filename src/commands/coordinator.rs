@@ -222,13 +222,13 @@ fn make_certs(args: &CertsArgs) -> anyhow::Result<ExitCode> {
         let chain: String = material
             .cert_chain
             .iter()
-            .map(|cert| super::pem("CERTIFICATE", cert))
+            .map(|cert| airlock_client::pki::encode("CERTIFICATE", cert))
             .collect();
         std::fs::write(args.out.join(format!("coordinator-{id}.pem")), chain)?;
         let key_path = args.out.join(format!("coordinator-{id}-key.pem"));
         std::fs::write(
             &key_path,
-            super::pem("PRIVATE KEY", material.key.secret_der()),
+            airlock_client::pki::encode("PRIVATE KEY", material.key.secret_der()),
         )?;
         restrict(&key_path)?;
     }

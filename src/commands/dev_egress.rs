@@ -335,12 +335,12 @@ fn write_certificates(files: &DevEgressFiles) -> anyhow::Result<()> {
         let chain: String = material
             .cert_chain
             .iter()
-            .map(|der| super::pem("CERTIFICATE", der))
+            .map(|der| airlock_client::pki::encode("CERTIFICATE", der))
             .collect();
         write_file(cert, chain.as_bytes(), 0o644)?;
         write_file(
             key,
-            super::pem("PRIVATE KEY", material.key.secret_der()).as_bytes(),
+            airlock_client::pki::encode("PRIVATE KEY", material.key.secret_der()).as_bytes(),
             0o600,
         )?;
     }

@@ -109,20 +109,6 @@ pub struct PythonArgs {
     python_env: Option<PathBuf>,
 }
 
-/// `der` as PEM text with `label` (`CERTIFICATE`, `PRIVATE KEY`), for the files the CLI writes.
-pub(crate) fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    // Base64 is ASCII, so every 64-byte chunk is a valid string.
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 /// How a command reaches a region's coordinators.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorArgs {

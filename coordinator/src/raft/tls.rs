@@ -11,11 +11,11 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use airlock_client::pki::{self, PemError};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -23,14 +23,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 /// Why TLS material could not be read, made or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read PEM from {what}")]
-    Pem {
-        what: String,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{what} holds no certificate")]
-    NoCertificate { what: String },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("the CA certificate is not usable as a trust anchor")]
     TrustAnchor(#[source] rustls::Error),
     #[error("cannot build the TLS configuration")]
@@ -75,12 +69,9 @@ impl TlsMaterial {
     /// From PEM text: the CA certificate(s), this coordinator's chain, and its private key.
     pub fn from_pem(ca: &[u8], cert_chain: &[u8], key: &[u8]) -> Result<TlsMaterial, TlsError> {
         Ok(TlsMaterial {
-            ca_certs: certs(ca, "the CA PEM")?,
-            cert_chain: certs(cert_chain, "the certificate PEM")?,
-            key: PrivateKeyDer::from_pem_slice(key).map_err(|source| TlsError::Pem {
-                what: "the key PEM".into(),
-                source,
-            })?,
+            ca_certs: pki::certs_from_pem(ca, "the CA PEM")?,
+            cert_chain: pki::certs_from_pem(cert_chain, "the certificate PEM")?,
+            key: pki::key_from_pem(key, "the key PEM")?,
         })
     }
 
@@ -90,13 +81,11 @@ impl TlsMaterial {
         cert_chain: &Path,
         key: &Path,
     ) -> Result<TlsMaterial, TlsError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| TlsError::Pem {
-                what: path.display().to_string(),
-                source: rustls::pki_types::pem::Error::Io(e),
-            })
-        };
-        TlsMaterial::from_pem(&read(ca)?, &read(cert_chain)?, &read(key)?)
+        Ok(TlsMaterial {
+            ca_certs: pki::read_certs(ca)?,
+            cert_chain: pki::read_certs(cert_chain)?,
+            key: pki::read_key(key)?,
+        })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
@@ -138,19 +127,6 @@ impl TlsMaterial {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            what: what.into(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { what: what.into() });
-    }
-    Ok(certs)
 }
 
 /// A cluster CA held in memory: issues coordinator certificates.
