@@ -102,6 +102,8 @@ pub struct CoordinatorConfig {
     pub tick: Duration,
     /// Appended to every task's node command line (e.g. `--python PATH`).
     pub extra_node_args: Vec<String>,
+    /// Where the service reads the time: the system clock, or one a test moves.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl CoordinatorConfig {
@@ -127,6 +129,7 @@ impl CoordinatorConfig {
             advertise_url,
             tick: Duration::from_millis(200),
             extra_node_args: Vec::new(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -219,11 +222,54 @@ pub struct Coordinator<C, D> {
     started: Mutex<HashMap<TaskId, String>>,
 }
 
+/// The system clock in Unix milliseconds (0 before 1970).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where the service reads the time, in Unix milliseconds. Every timestamp it writes into the
+/// log (claims, leases, the pool's records) and every lease it judges comes from here, so a test
+/// can move time instead of waiting for it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// The machine's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told to (tests and simulations).
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock that reads `now_ms`.
+    pub fn at(now_ms: u64) -> Self {
+        ManualClock(std::sync::atomic::AtomicU64::new(now_ms))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(
+            u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The secret a task proves itself with: derived from the signing key and the task id.
@@ -258,6 +304,11 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             pool: Mutex::new(PoolController::new(pool)),
             started: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Now, by the configured clock (Unix milliseconds).
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
@@ -307,7 +358,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     document: document.to_owned(),
                     region: self.config.region.clone(),
                     tier: tier.clone(),
-                    now_ms: now_ms(),
+                    now_ms: self.now_ms(),
                     tenant: tenant.clone(),
                 })
                 .await;
@@ -331,10 +382,11 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     if fresh {
                         metrics::counter!("airlock_coordinator_claims_total", "result" => "fresh")
                             .increment(1);
-                        self.pool
-                            .lock()
-                            .await
-                            .record_claim(&task.region, &task.tier, now_ms());
+                        self.pool.lock().await.record_claim(
+                            &task.region,
+                            &task.tier,
+                            self.now_ms(),
+                        );
                     } else {
                         metrics::counter!("airlock_coordinator_claims_total", "result" => "served")
                             .increment(1);
@@ -387,7 +439,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             .endpoints
             .clone()
             .ok_or_else(|| ClaimError::Internal("a warm task without endpoints".into()))?;
-        let expires_at = now_ms() / 1000 + self.config.token_ttl.as_secs();
+        let expires_at = self.now_ms() / 1000 + self.config.token_ttl.as_secs();
         let token = token::sign(
             &Claims {
                 doc: allocation.document.clone(),
@@ -458,7 +510,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                     websocket: ready.websocket,
                     fingerprint: ready.fingerprint,
                 },
-                now_ms: now_ms(),
+                now_ms: self.now_ms(),
                 lease_ms: self.config.lease.as_millis() as u64,
             })
             .await?;
@@ -471,7 +523,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             .consensus
             .propose(Command::Heartbeat {
                 id: task.clone(),
-                now_ms: now_ms(),
+                now_ms: self.now_ms(),
                 lease_ms: self.config.lease.as_millis() as u64,
             })
             .await?;
@@ -585,7 +637,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         &self,
         tenants: BTreeMap<Tenant, Vec<IpAddr>>,
     ) -> Result<EgressIpSets, EgressIpsError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let sets = EgressIpSets::new(self.config.region.clone(), tenants.clone(), now)?;
         match self
             .consensus
@@ -619,7 +671,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                 tenure = None;
                 continue;
             }
-            let tenure = tenure.get_or_insert_with(|| Tenure::begin(now_ms()));
+            let tenure = tenure.get_or_insert_with(|| Tenure::begin(self.now_ms()));
             if let Err(err) = self.lead_once(tenure).await {
                 warn!("leader duties: {err}");
             }
@@ -653,7 +705,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         // while the cluster had no leader (an election, a paused or cut-off leader) could not
         // be committed, and a task that kept beating must not lose its document for that.
         // Nomad resets its heartbeat timers on election for the same reason.
-        let now = now_ms();
+        let now = self.now_ms();
         let lease_ms = self.config.lease.as_millis() as u64;
         if now < tenure.since_ms.saturating_add(lease_ms) {
             return self.run_pool().await;
@@ -688,7 +740,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
         let Some(driver) = self.driver.clone() else {
             return Ok(());
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let actions = {
             let mut pool = self.pool.lock().await;
             let (tasks, targets): (Vec<Task>, Vec<(crate::state::PoolKey, PoolTarget)>) = self
@@ -779,7 +831,7 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
                         tier: tier.clone(),
                         version: version.clone(),
                         driver_handle: started.handle.clone(),
-                        now_ms: now_ms(),
+                        now_ms: self.now_ms(),
                         // Time to warm up: the node's first heartbeat is its ready.
                         lease_ms: 120_000,
                     })
@@ -797,10 +849,12 @@ impl<C: Consensus, D: Driver + 'static> Coordinator<C, D> {
             }
             Err(err) => {
                 warn!(%region, %tier, "a task failed to start: {err}");
-                self.pool
-                    .lock()
-                    .await
-                    .record_start_failure(region, tier, now_ms(), err.reason());
+                self.pool.lock().await.record_start_failure(
+                    region,
+                    tier,
+                    self.now_ms(),
+                    err.reason(),
+                );
             }
         }
         Ok(())

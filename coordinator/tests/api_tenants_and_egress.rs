@@ -11,11 +11,11 @@ use airlock_client::coordinator::{ApiClient, ApiClientError};
 use airlock_coordinator::api::{self, Api, ApiRole, ApiToken};
 use airlock_coordinator::driver::local::LocalDriver;
 use airlock_coordinator::model::{
-    Command, Endpoints, Region, Response, RuntimeVersion, TaskId, Tier,
+    Command, Endpoints, Region, Response, RuntimeVersion, TaskId, TaskState, Tier,
 };
 use airlock_coordinator::pool::PoolConfig;
 use airlock_coordinator::service::{
-    Consensus, ConsensusError, Coordinator, CoordinatorConfig, Tenure,
+    Consensus, ConsensusError, Coordinator, CoordinatorConfig, ManualClock, Tenure,
 };
 use airlock_coordinator::state::State;
 use airlock_protocol::token::Role;
@@ -310,5 +310,58 @@ async fn operators_set_egress_ips_and_backends_read_them() {
     assert_eq!(
         coordinator.read(|s| s.egress_ips().map(|e| e.tenants.len())),
         Some(1)
+    );
+}
+
+/// A new leader expires no lease for one lease after it took office: heartbeats could not be
+/// committed while there was no leader. Time is moved by hand, so the test waits for nothing.
+#[tokio::test]
+async fn a_new_leader_gives_every_task_one_lease_before_presuming_it_dead() {
+    const LEASE_MS: u64 = 5_000;
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let log = Arc::new(MemoryLog {
+        state: Mutex::new((State::new(), 0)),
+        applied: watch::channel(0).0,
+    });
+    let mut config = CoordinatorConfig::local("eu", "/nowhere".into(), String::new());
+    config.lease = Duration::from_millis(LEASE_MS);
+    config.clock = clock.clone();
+    let coordinator: Region1 = Coordinator::new(log, None, config, PoolConfig::default());
+    let id = TaskId("beating".into());
+    let add = Command::AddTask {
+        id: id.clone(),
+        region: Region("eu".into()),
+        tier: Tier("standard".into()),
+        version: RuntimeVersion("v".into()),
+        driver_handle: "h".into(),
+        now_ms: coordinator.now_ms(),
+        lease_ms: LEASE_MS,
+    };
+    assert_eq!(
+        coordinator.consensus().propose(add).await.unwrap(),
+        Response::Ok
+    );
+    let dead = |coordinator: &Region1| {
+        coordinator.read(|s| matches!(s.task(&id).unwrap().state, TaskState::Dead { .. }))
+    };
+
+    // The lease runs out during an election; the new leader takes office just after.
+    clock.advance(Duration::from_millis(LEASE_MS + 1_000));
+    let mut tenure = Tenure::begin(coordinator.now_ms());
+    coordinator.lead_once(&mut tenure).await.unwrap();
+    assert!(!dead(&coordinator), "expired at once by a new leader");
+    clock.advance(Duration::from_millis(LEASE_MS - 1));
+    coordinator.lead_once(&mut tenure).await.unwrap();
+    assert!(
+        !dead(&coordinator),
+        "expired within the new leader's first lease"
+    );
+
+    // A whole lease into the new term without a heartbeat: the task is presumed dead.
+    clock.advance(Duration::from_millis(2));
+    coordinator.lead_once(&mut tenure).await.unwrap();
+    assert!(
+        dead(&coordinator),
+        "a task silent for a whole term's lease is dead"
     );
 }
