@@ -68,20 +68,11 @@ pub fn transport() -> quinn::TransportConfig {
     transport
 }
 
-/// Why a frame could not be read off a stream.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadFrameError {
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error(transparent)]
-    Read(#[from] quinn::ReadExactError),
-}
-
 /// Reads one frame: its header, then exactly the body the header announces.
 pub async fn read_frame<T>(
     recv: &mut quinn::RecvStream,
     decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
-) -> Result<T, ReadFrameError> {
+) -> Result<T, StreamError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header).await?;
     finish_frame(recv, header, decode).await
@@ -92,7 +83,7 @@ pub async fn finish_frame<T>(
     recv: &mut quinn::RecvStream,
     header: [u8; HEADER_LEN],
     decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
-) -> Result<T, ReadFrameError> {
+) -> Result<T, StreamError> {
     decode(&header)?;
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
     let mut frame = vec![0u8; HEADER_LEN + len];
@@ -141,7 +132,7 @@ pub struct TunnelClientConfig {
     pub identity: Identity,
 }
 
-/// Why a request on a tunnel stream (a flow's opening, a lookup) got no answer.
+/// Why a frame could not be written to or read off a tunnel stream (either end).
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error(transparent)]
@@ -213,15 +204,6 @@ impl LookupError {
     /// Whether the tunnel itself is down (a new connection may succeed).
     pub fn is_tunnel_down(&self) -> bool {
         matches!(self, LookupError::Stream(error) if error.is_connection())
-    }
-}
-
-impl From<ReadFrameError> for StreamError {
-    fn from(error: ReadFrameError) -> Self {
-        match error {
-            ReadFrameError::Frame(error) => StreamError::Frame(error),
-            ReadFrameError::Read(error) => StreamError::Read(error),
-        }
     }
 }
 

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 
 pub use airlock_client::tunnel::{
-    Destination, Identity, LookupAnswer, LookupError, OpenFlowError, ReadFrameError, StreamError,
-    TunnelClient, TunnelClientConfig, TunnelError, TunnelFlow, read_certs,
+    Destination, Identity, LookupAnswer, LookupError, OpenFlowError, StreamError, TunnelClient,
+    TunnelClientConfig, TunnelError, TunnelFlow, read_certs,
 };
 use airlock_client::tunnel::{finish_frame, provider, transport};
 
@@ -155,7 +155,7 @@ async fn serve_node(gateway: Gateway, connection: quinn::Connection) {
 async fn read_request(
     recv: &mut quinn::RecvStream,
     kind: &mut Option<RequestKind>,
-) -> Result<StreamRequest, ReadFrameError> {
+) -> Result<StreamRequest, StreamError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header).await?;
     *kind = StreamRequest::kind_of(&header);

@@ -556,6 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn an_outputs_text_is_what_a_terminal_shows() {
+        let mut data = MimeBundle::new();
+        data.insert("text/plain".into(), serde_json::json!("42"));
+        data.insert("image/png".into(), serde_json::json!("iVBOR"));
+        let outputs = [
+            Output::Stream {
+                name: StreamName::Stdout,
+                text: "hi\n".into(),
+            },
+            Output::ExecuteResult {
+                execution_count: 1,
+                data,
+                metadata: Metadata::default(),
+            },
+            Output::Error {
+                ename: "ZeroDivisionError".into(),
+                evalue: "division by zero".into(),
+                traceback: vec!["line 1".into()],
+            },
+            Output::ClearOutput { wait: false },
+        ];
+        assert_eq!(
+            Output::text_of(&outputs),
+            "hi\n42ZeroDivisionError: division by zero\nline 1\n"
+        );
+    }
+
+    #[test]
     fn error_code_strings_match_serde() {
         for code in [
             ErrorCode::BadFrame,
